@@ -1,0 +1,123 @@
+"""
+The vocabulary contract, and the tokenizers that every script shares.
+
+Our own models use tiktoken's GPT-2 byte-pair encoding plus four special tokens:
+
+    ids 0..50255   text (GPT-2 BPE)
+    50256          <|endoftext|>, separates documents in the corpus bins
+    50257 [CLS]    50258 [SEP]    50259 [MASK]    50260 [PAD]
+
+The model's embedding table is padded to 50304 rows (a multiple of 64, for fast kernels); ids above
+50260 are never produced. HuggingFace BERT checkpoints bring their own WordPiece vocabulary, which
+`WordPieceTokenizer` reads from the checkpoint folder.
+"""
+import json
+import os
+import re
+
+EOT, CLS, SEP, MASK, PAD = 50256, 50257, 50258, 50259, 50260
+N_TEXT = EOT                # ids [0, N_TEXT) are text
+VOCAB_SIZE = 50304          # the model's vocab_size for our checkpoints
+MASK_TOKEN = "[MASK]"
+
+
+class GPT2Tokenizer:
+    """tiktoken's GPT-2 encoding plus [CLS] [SEP] [MASK] [PAD]."""
+    name = "gpt2"
+    eot, cls, sep, mask, pad = EOT, CLS, SEP, MASK, PAD
+    vocab_size = VOCAB_SIZE
+    specials = {EOT: "<|endoftext|>", CLS: "[CLS]", SEP: "[SEP]", MASK: "[MASK]", PAD: "[PAD]"}
+
+    def __init__(self):
+        import tiktoken
+        self.enc = tiktoken.get_encoding("gpt2")
+        assert self.enc.n_vocab == EOT + 1 and self.enc.eot_token == EOT
+
+    def encode(self, text):
+        # encode_ordinary: a literal "<|endoftext|>" or "[MASK]" in a corpus is just text
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts, num_threads=1):
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def encode_masked(self, text):
+        """Encode text in which "[MASK]" marks a token to predict.
+        In pretraining a masked word carries its leading space (" cat" is one GPT-2 token), so a
+        mask takes the space before it: "the [MASK] sat" -> "the", [MASK], " sat"."""
+        pieces = text.split(MASK_TOKEN)
+        ids = []
+        for i, piece in enumerate(pieces):
+            if i < len(pieces) - 1 and piece.endswith(" "):
+                piece = piece[:-1]  # this space belongs to the masked token
+            ids.extend(self.encode(piece))
+            if i < len(pieces) - 1:
+                ids.append(MASK)
+        return ids
+
+    def is_text(self, i):
+        return 0 <= i < N_TEXT
+
+    def decode(self, ids):
+        # bytes first, then one utf-8 decode: a token that holds part of a character is fine
+        out, buf = [], []
+        for i in ids:
+            i = int(i)
+            if i in self.specials or i > EOT:
+                if buf:
+                    out.append(self.enc.decode_bytes(buf).decode("utf-8", errors="replace"))
+                    buf = []
+                out.append(self.specials.get(i, f"[unused{i}]"))
+            else:
+                buf.append(i)
+        if buf:
+            out.append(self.enc.decode_bytes(buf).decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class WordPieceTokenizer:
+    """The WordPiece vocabulary of a HuggingFace BERT checkpoint folder (vocab.txt).
+    Uses the optional `tokenizers` library, imported here so that GPT-2-only users never need it."""
+    name = "wordpiece"
+
+    def __init__(self, folder):
+        try:
+            from tokenizers import BertWordPieceTokenizer  # optional: only for HuggingFace checkpoints
+        except ImportError:
+            raise SystemExit("HuggingFace BERT checkpoints need their WordPiece tokenizer: "
+                             "pip install tokenizers")
+        vocab_file = os.path.join(folder, "vocab.txt")
+        if not os.path.isfile(vocab_file):
+            raise SystemExit(f"no vocab.txt in {folder}: a BERT checkpoint folder needs its vocabulary")
+        lowercase = True  # bert-*-uncased; cased checkpoints say so in tokenizer_config.json
+        cfg_file = os.path.join(folder, "tokenizer_config.json")
+        if os.path.isfile(cfg_file):
+            with open(cfg_file) as f:
+                lowercase = json.load(f).get("do_lower_case", lowercase)
+        elif "-cased" in os.path.basename(os.path.normpath(folder)):
+            lowercase = False
+        self.tok = BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
+        vocab = self.tok.get_vocab()
+        self.vocab_size = len(vocab)
+        self.cls, self.sep, self.mask, self.pad = (vocab[t] for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"))
+        # ids that are never a word: [PAD] [UNK] [CLS] [SEP] [MASK] and the [unusedN] slots
+        self.special_ids = {i for t, i in vocab.items() if re.fullmatch(r"\[[A-Za-z0-9_]+\]", t)}
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts, num_threads=1):
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_masked(self, text):
+        return self.encode(text)  # WordPiece knows [MASK] as a special token already
+
+    def is_text(self, i):
+        return 0 <= i < self.vocab_size and i not in self.special_ids
+
+    def decode(self, ids):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def get_tokenizer(hf_folder=None):
+    """GPT-2 + specials for our checkpoints; the checkpoint's WordPiece for a HuggingFace folder."""
+    return GPT2Tokenizer() if hf_folder is None else WordPieceTokenizer(hf_folder)
