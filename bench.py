@@ -1,0 +1,155 @@
+"""
+Training-step speed: forward, backward and optimizer step on a fixed synthetic pretraining batch.
+
+    python bench.py                                   # bert_tiny shapes on this device
+    python bench.py --model=small --compare_hf=True   # and transformers' BertForPreTraining, same run
+    python bench.py --model=base --batch_size=256 --compare_hf=True   # on a GPU: bf16, compiled
+
+Both models see identical shapes, vocabulary, batch, masking (mask_prob of each row, [MASK] inputs)
+and NSP labels, the same AdamW and the same precision. Warm-up steps (compilation included) are not
+timed; the reported time is the median of the timed steps.
+"""
+import math
+import resource
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from configurator import configure
+from model import BertConfig, BertForPreTraining
+from tokenizer import MASK, N_TEXT, VOCAB_SIZE
+
+# -----------------------------------------------------------------------------
+model = "tiny"          # tiny (2 x 128), small (4 x 512), base (12 x 768); n_layer etc. below override
+n_layer = 0             # 0: from the preset
+n_head = 0
+n_embd = 0
+batch_size = 32
+block_size = 128
+mask_prob = 0.15
+dropout = 0.1
+device = "auto"         # auto, cpu, cuda, mps
+dtype = "auto"          # auto: bf16 on cuda where supported, else fp32
+compile = False         # torch.compile both models' forward
+warmup = 3
+steps = 10
+compare_hf = False      # also time transformers' BertForPreTraining (test-only dependency)
+seed = 1337
+# -----------------------------------------------------------------------------
+PRESETS = {"tiny": (2, 2, 128), "small": (4, 8, 512), "base": (12, 12, 768)}
+
+
+def make_batch(B, T, P, generator, dev):
+    """Random text ids, exactly P masked positions per row (all [MASK] inputs), NSP labels."""
+    idx = torch.randint(0, N_TEXT, (B, T), generator=generator)
+    types = torch.zeros(B, T, dtype=torch.long)
+    types[:, T // 2:] = 1
+    pos = torch.rand(B, T - 1, generator=generator).argsort(dim=1)[:, :P] + 1  # never [CLS]'s slot
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    labels.scatter_(1, pos, idx.gather(1, pos))
+    idx = idx.scatter(1, pos, MASK)
+    nsp = torch.randint(0, 2, (B,), generator=generator)
+    return [t.to(dev) for t in (idx, types, labels, nsp)]
+
+
+def time_steps(step, sync, n_warmup, n_steps):
+    for _ in range(n_warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(n_steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_flops(dev, dt, sync, n=4096 if torch.cuda.is_available() else 2048):
+    """FLOP/s of a plain large matmul in the benchmark's precision: the practical ceiling here."""
+    a, b = (torch.randn(n, n, device=dev, dtype=dt) for _ in range(2))
+    t = time_steps(lambda: a @ b, sync, 2, 5)
+    return 2 * n ** 3 / t
+
+
+def peak_memory(dev_type):
+    if dev_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark, MiB
+
+
+def main():
+    global device, dtype
+    configure(globals())
+    if model not in PRESETS:
+        raise SystemExit(f"--model must be one of {', '.join(PRESETS)}, got {model!r}")
+    L, H, C = PRESETS[model]
+    cfg = BertConfig(block_size=max(block_size, 128), vocab_size=VOCAB_SIZE, n_layer=n_layer or L,
+                     n_head=n_head or H, n_embd=n_embd or C, dropout=dropout)
+    device = ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu") \
+        if device == "auto" else device
+    dev_type = device.split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    pt_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    ctx = nullcontext() if pt_dtype == torch.float32 else torch.autocast(dev_type, dtype=pt_dtype)
+    sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(seed)
+    B, T = batch_size, block_size
+    P = math.ceil(mask_prob * T)  # masked positions per row, the sparse MLM head's fixed width
+    idx, types, labels, nsp = make_batch(B, T, P, torch.Generator().manual_seed(seed), device)
+    print(f"{model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
+          f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={compile}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    def run(name, net, forward):
+        net.to(device).train()
+        opt = net.configure_optimizers(0.01, 1e-4, (0.9, 0.999), dev_type) if hasattr(net, "configure_optimizers") \
+            else torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev_type == "cuda")
+        fwd = torch.compile(forward) if compile else forward
+
+        def step():
+            with ctx:
+                loss = fwd(net)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        if dev_type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = time_steps(step, sync, warmup, steps)
+        return {"name": name, "ms": 1000 * t, "tok_s": B * T / t, "mem": peak_memory(dev_type)}
+
+    ours = BertForPreTraining(cfg)
+    mlm_fraction = P / T
+    results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2])]
+    flops = ours.flops_per_token(T, mlm_fraction) * results[0]["tok_s"]
+    results[0]["mfu"] = ours.estimate_mfu(results[0]["tok_s"], T, dev_type, mlm_fraction)
+    if compare_hf:
+        import transformers  # test-only dependency, the reference we compare against
+        hf_cfg = transformers.BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
+                                         num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn,
+                                         max_position_embeddings=cfg.block_size, hidden_dropout_prob=dropout,
+                                         attention_probs_dropout_prob=dropout, attn_implementation="sdpa")
+        hf = transformers.BertForPreTraining(hf_cfg)
+        results.append(run(f"transformers {transformers.__version__}", hf, lambda m: m(
+            input_ids=idx, token_type_ids=types, labels=labels, next_sentence_label=nsp).loss))
+        # the reference runs the MLM decoder on every position: count the FLOPs it really does
+        results[1]["mfu"] = ours.estimate_mfu(results[1]["tok_s"], T, dev_type, 1.0)
+    print(f"{'':>24} {'ms/step':>9} {'tokens/s':>10} {'MFU':>6} {'peak MiB':>9}")
+    for r in results:
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"{r['name']:>24} {r['ms']:9.1f} {r['tok_s']:10.0f} {mfu:>6} {r['mem']:9.0f}")
+    if compare_hf:
+        print(f"speed-up over transformers: {results[0]['tok_s'] / results[1]['tok_s']:.2f}x")
+    ceiling = matmul_flops(device, pt_dtype if dev_type == "cuda" else torch.float32, sync)
+    print(f"model FLOP/s {flops / 1e12:.3f} T = {100 * flops / ceiling:.0f}% of a large {dtype} matmul "
+          f"on this device ({ceiling / 1e12:.3f} TFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
