@@ -36,6 +36,7 @@ compile = False         # torch.compile both models' forward
 warmup = 3
 steps = 10
 compare_hf = False      # also time transformers' BertForPreTraining (test-only dependency)
+hf_compile = None       # compile transformers' model too; None: the same as compile
 seed = 1337
 # -----------------------------------------------------------------------------
 PRESETS = {"tiny": (2, 2, 128), "small": (4, 8, 512), "base": (12, 12, 768)}
@@ -106,11 +107,11 @@ def main():
           f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={compile}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    def run(name, net, forward):
+    def run(name, net, forward, compiled):
         net.to(device).train()
         opt = net.configure_optimizers(0.01, 1e-4, (0.9, 0.999), dev_type) if hasattr(net, "configure_optimizers") \
-            else torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev_type == "cuda")
-        fwd = torch.compile(forward) if compile else forward
+            else torch.optim.AdamW(net.parameters(), lr=1e-4, fused=dev_type in ("cuda", "cpu"))
+        fwd = torch.compile(forward) if compiled else forward
 
         def step():
             with ctx:
@@ -126,7 +127,7 @@ def main():
 
     ours = BertForPreTraining(cfg)
     mlm_fraction = P / T
-    results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2])]
+    results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2], compile)]
     flops = ours.flops_per_token(T, mlm_fraction) * results[0]["tok_s"]
     results[0]["mfu"] = ours.estimate_mfu(results[0]["tok_s"], T, dev_type, mlm_fraction)
     if compare_hf:
@@ -136,14 +137,16 @@ def main():
                                          max_position_embeddings=cfg.block_size, hidden_dropout_prob=dropout,
                                          attention_probs_dropout_prob=dropout, attn_implementation="sdpa")
         hf = transformers.BertForPreTraining(hf_cfg)
-        results.append(run(f"transformers {transformers.__version__}", hf, lambda m: m(
-            input_ids=idx, token_type_ids=types, labels=labels, next_sentence_label=nsp).loss))
+        compiled = compile if hf_compile is None else hf_compile
+        name = f"transformers {transformers.__version__}{' compiled' if compiled else ''}"
+        results.append(run(name, hf, lambda m: m(
+            input_ids=idx, token_type_ids=types, labels=labels, next_sentence_label=nsp).loss, compiled))
         # the reference runs the MLM decoder on every position: count the FLOPs it really does
         results[1]["mfu"] = ours.estimate_mfu(results[1]["tok_s"], T, dev_type, 1.0)
-    print(f"{'':>24} {'ms/step':>9} {'tokens/s':>10} {'MFU':>6} {'peak MiB':>9}")
+    print(f"{'':>33} {'ms/step':>9} {'tokens/s':>10} {'MFU':>6} {'peak MiB':>9}")
     for r in results:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"{r['name']:>24} {r['ms']:9.1f} {r['tok_s']:10.0f} {mfu:>6} {r['mem']:9.0f}")
+        print(f"{r['name']:>33} {r['ms']:9.1f} {r['tok_s']:10.0f} {mfu:>6} {r['mem']:9.0f}")
     if compare_hf:
         print(f"speed-up over transformers: {results[0]['tok_s'] / results[1]['tok_s']:.2f}x")
     ceiling = matmul_flops(device, pt_dtype if dev_type == "cuda" else torch.float32, sync)
