@@ -95,6 +95,7 @@ class WordPieceTokenizer:
                 lowercase = json.load(f).get("do_lower_case", lowercase)
         elif "-cased" in os.path.basename(os.path.normpath(folder)):
             lowercase = False
+        self.lowercase = lowercase
         self.tok = BertWordPieceTokenizer(vocab_file, lowercase=lowercase)
         vocab = self.tok.get_vocab()
         self.vocab_size = len(vocab)

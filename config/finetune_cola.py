@@ -1,0 +1,8 @@
+# CoLA: is the sentence grammatical? 8.6k training sentences; metric: Matthews correlation.
+#   python finetune.py config/finetune_cola.py --init_from=out   (or --init_from=bert-base-uncased)
+# BERT's recipe (Devlin et al. 2018, sec. 4.1): batch 32, 3 epochs, best lr of 2e-5..5e-5. The small
+# GLUE sets vary from seed to seed; try a few seeds and learning rates.
+task = "cola"
+out_dir = "out-cola"
+learning_rate = 2e-5
+epochs = 3

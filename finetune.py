@@ -1,0 +1,615 @@
+"""
+Fine-tune BERT on a sentence or sentence-pair task: GLUE, AG News, IMDB, or your own labelled files.
+
+    python finetune.py config/finetune_sst2.py --init_from=out                  # our pretraining run
+    python finetune.py config/finetune_sst2.py --init_from=bert-base-uncased    # HuggingFace weights
+    python finetune.py --task=reviews --train_file=train.csv --val_file=val.csv --text_column=review
+    python finetune.py config/finetune_sst2.py --init_from=out-sst2 --eval_only=True
+    torchrun --standalone --nproc_per_node=8 finetune.py config/finetune_mnli.py --init_from=out
+
+Inputs are [CLS] A [SEP] B [SEP], token type 0 for A and 1 for B (Devlin et al. 2018, sec. 3). A pair
+longer than block_size loses tokens from its longer text first. Each batch is padded only to its own
+longest row, and rows of similar length are batched together. After every epoch the task's metric is
+computed on the validation split, and the best model so far is kept in out_dir/ckpt.pt.
+"""
+import csv
+import json
+import os
+import time
+from collections import namedtuple
+from dataclasses import asdict, replace
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import tokenizer as tokenization
+import train
+from configurator import configure
+from model import BertConfig, BertForSequenceClassification, resolve_checkpoint
+
+# -----------------------------------------------------------------------------
+# settings: override with config files and --key=value flags
+# the model: a folder holding our ckpt.pt (pretrained or fine-tuned), or a HuggingFace BERT (a hub
+# name such as bert-base-uncased, or a folder with config.json, the weights and vocab.txt)
+init_from = "out"
+out_dir = "out-finetune"
+eval_only = False          # evaluate init_from (fine-tuned) on the validation split, predict the test split
+# the task: a name in TASKS (downloaded through `datasets`), or your own .csv / .jsonl files
+task = ""                  # with train_file: just a name for the run, stored in the checkpoint
+train_file = ""
+val_file = ""
+test_file = ""             # needs no labels: predictions go to out_dir/predictions.tsv
+text_column = "text"
+text_pair_column = ""      # "" for single texts
+label_column = "label"
+label_type = "auto"        # auto: labels that are all numbers, one with a decimal point, mean regression;
+                           # anything else means classes. Or say "class" / "regression"
+metric = ""                # the metric that picks the best checkpoint; "" for the task's own
+# optimization, after BERT's GLUE recipe (sec. 4.1): batch 32, lr 2e-5..5e-5, 3 epochs
+block_size = 128
+batch_size = 32            # examples per optimizer step, over all processes
+epochs = 3
+learning_rate = 2e-5
+warmup_ratio = 0.1         # share of all steps spent warming up; then linear decay to 0
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0            # 0 to turn off
+dropout = 0.1
+freeze_encoder = False     # linear probe: only the classifier trains, on the frozen encoder's output
+seed = 1337
+log_interval = 50
+# system
+device = "auto"            # auto, cpu, cuda, cuda:1, mps
+dtype = "auto"             # auto (bf16 where the GPU has it, else fp16; fp32 on CPU), float32, bfloat16, float16
+compile = True
+# -----------------------------------------------------------------------------
+SETTINGS = {k: v for k, v in globals().items() if k.islower() and not k.startswith("_")
+            and isinstance(v, (bool, int, float, str))}
+
+# -----------------------------------------------------------------------------
+# Tasks. Every one has a "label" column; the test splits of GLUE are unlabelled.
+
+Task = namedtuple("Task", "path config text pair val test metric")
+TASKS = {
+    "cola": Task("nyu-mll/glue", "cola", "sentence", "", "validation", "test", "mcc"),
+    "sst2": Task("nyu-mll/glue", "sst2", "sentence", "", "validation", "test", "accuracy"),
+    "mrpc": Task("nyu-mll/glue", "mrpc", "sentence1", "sentence2", "validation", "test", "f1"),
+    "qqp": Task("nyu-mll/glue", "qqp", "question1", "question2", "validation", "test", "f1"),
+    "stsb": Task("nyu-mll/glue", "stsb", "sentence1", "sentence2", "validation", "test", "spearman"),
+    "mnli": Task("nyu-mll/glue", "mnli", "premise", "hypothesis", "validation_matched", "test_matched", "accuracy"),
+    "qnli": Task("nyu-mll/glue", "qnli", "question", "sentence", "validation", "test", "accuracy"),
+    "rte": Task("nyu-mll/glue", "rte", "sentence1", "sentence2", "validation", "test", "accuracy"),
+    # no validation split: their test split is where results are usually reported
+    "ag_news": Task("fancyzhx/ag_news", None, "text", "", "test", None, "accuracy"),
+    "imdb": Task("stanfordnlp/imdb", None, "text", "", "test", None, "accuracy"),
+}
+
+
+def read_task(name):
+    """The splits of a named task as lists of row dicts (labels as class names), and its class names
+    in id order (None for a regression task)."""
+    spec = TASKS[name]
+    try:
+        from datasets import load_dataset  # only named tasks need it; your own files do not
+    except ImportError:
+        raise SystemExit("named tasks are read through `datasets`: pip install datasets")
+    try:
+        ds = load_dataset(spec.path, spec.config)
+    except Exception as e:
+        raise SystemExit(f"could not load {spec.path} {spec.config or ''} through `datasets` "
+                         f"({type(e).__name__}: {e}). "
+                         "Offline? Save its splits as .csv or .jsonl and pass train_file and val_file")
+    names = getattr(ds["train"].features["label"], "names", None)  # a ClassLabel; STS-B's score is a float
+
+    def rows(split):
+        out = ds[split].to_list()
+        if names:
+            for r in out:
+                r["label"] = names[r["label"]] if r["label"] >= 0 else None  # -1: an unlabelled test row
+        return out
+    return {"train": rows("train"), "val": rows(spec.val), "test": rows(spec.test) if spec.test else None}, names
+
+
+def read_rows(path):
+    """The rows of a .csv file (with a header row) or a .jsonl file (one JSON object per line), as dicts."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".csv", ".jsonl", ".json"):
+        raise SystemExit(f"{path}: unknown file type {ext!r}; use .csv with a header row, or .jsonl with "
+                         "one JSON object per line")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            if ext == ".csv":
+                return list(csv.DictReader(f))
+            rows = []
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{path} line {n} is not JSON ({e.msg}): a .jsonl file holds one object per line")
+                if not isinstance(rows[-1], dict):
+                    raise SystemExit(f"{path} line {n} is not a JSON object: a .jsonl file holds one object per line")
+            return rows
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+
+
+def get_columns(rows, where, text_col, pair_col, label_col):
+    """(texts, pairs or None, labels or None) from row dicts; label_col "" when the split is unlabelled.
+    One clear message for a missing column or an empty text."""
+    if not rows:
+        raise SystemExit(f"{where} holds no rows")
+    for col in (text_col, pair_col, label_col):
+        if col and col not in rows[0]:
+            raise SystemExit(f"{where} has no column '{col}'; its columns are: {', '.join(map(str, rows[0]))}. "
+                             "Set text_column, text_pair_column and label_column to name yours")
+    texts, pairs, labels = [], [], []
+    for i, row in enumerate(rows):
+        for col, out in ((text_col, texts), (pair_col, pairs)):
+            if not col:
+                continue
+            value = row.get(col)
+            if value is None or not str(value).strip():
+                raise SystemExit(f"{where} row {i + 1}: empty text in '{col}'. Fill it in or remove the row")
+            out.append(str(value))
+        if label_col:
+            value = row.get(label_col)
+            if value is None or str(value).strip() == "":
+                raise SystemExit(f"{where} row {i + 1}: no label in '{label_col}'. Fill it in or remove the row")
+            labels.append(value)
+    return texts, (pairs if pair_col else None), (labels if label_col else None)
+
+
+def _number(v):
+    if isinstance(v, bool):
+        return None  # JSON true/false are classes
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def label_names_from(labels, label_type="auto"):
+    """Class names in id order, or None for regression. Numeric class names sort by value ("2" < "10")."""
+    if label_type not in ("auto", "class", "regression"):
+        raise SystemExit(f"label_type must be 'auto', 'class' or 'regression', got {label_type!r}")
+    numbers = [_number(v) for v in labels]
+    written_as_float = any(isinstance(v, float) or (isinstance(v, str) and "." in v) for v in labels)
+    if label_type == "regression" or (label_type == "auto" and None not in numbers and written_as_float):
+        return None
+    names = sorted({str(v) for v in labels}, key=lambda s: (0, _number(s), s) if _number(s) is not None else (1, 0, s))
+    if len(names) < 2:
+        raise SystemExit(f"the training data has a single label ({names[0]!r}): a classifier needs two or more. "
+                         "For scores, set label_type='regression'")
+    return names
+
+
+def label_ids(labels, names, where):
+    """Class ids (int64) for names, or float32 targets when names is None (regression)."""
+    if names is None:
+        values = [_number(v) for v in labels]
+        if None in values:
+            i = values.index(None)
+            raise SystemExit(f"{where} row {i + 1}: label {labels[i]!r} is not a number, and this is a regression task")
+        return np.array(values, dtype=np.float32)
+    index = {n: i for i, n in enumerate(names)}
+    ids = np.empty(len(labels), dtype=np.int64)
+    for i, v in enumerate(labels):
+        if str(v) not in index:
+            raise SystemExit(f"{where} row {i + 1}: label {str(v)!r} never appears in the training data "
+                             f"(its labels: {', '.join(names)}). Fix the row, or add training examples of it")
+        ids[i] = index[str(v)]
+    return ids
+
+
+# -----------------------------------------------------------------------------
+# Token ids and batches
+
+def truncate_lengths(la, lb, budget):
+    """Lengths of A and B after cutting the longer one, a token at a time, until la + lb <= budget
+    (ties cut B, as the original BERT code does), computed in one step rather than a loop."""
+    if la + lb <= budget:
+        return la, lb
+    short = min(la, lb)
+    if 2 * short <= budget:  # only the longer text is cut
+        return (budget - short, lb) if la > lb else (la, budget - short)
+    return (budget + 1) // 2, budget // 2
+
+
+def encode(tok, texts, pairs, block_size):
+    """[CLS] A [SEP] (B [SEP]) token ids cut to block_size. Returns the rows, where token type 1 starts
+    in each (its length for a single text) and how many rows were cut."""
+    threads = min(8, os.cpu_count() or 1)
+    a = tok.encode_batch(texts, num_threads=threads)
+    b = tok.encode_batch(pairs, num_threads=threads) if pairs is not None else None
+    budget = block_size - (2 if b is None else 3)
+    rows, starts, n_cut = [], [], 0
+    for i in range(len(a)):
+        la, lb = len(a[i]), len(b[i]) if b else 0
+        ka, kb = truncate_lengths(la, lb, budget)
+        n_cut += (ka, kb) != (la, lb)
+        ids = [tok.cls] + a[i][:ka] + [tok.sep]
+        starts.append(len(ids))
+        if b:
+            ids += b[i][:kb] + [tok.sep]
+        rows.append(ids)
+    return rows, starts, n_cut
+
+
+def length_grouped_batches(lengths, batch_size, rng=None):
+    """Row indices in batches of similar length, so that padding each batch to its longest row costs
+    little. With rng (training): shuffle, sort within windows of 100 batches, shuffle the batches; still
+    random enough for SGD. Without (evaluation): sorted by length."""
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+    else:
+        order = rng.permutation(len(lengths))
+        window = 100 * batch_size
+        for i in range(0, len(order), window):
+            chunk = order[i:i + window]
+            order[i:i + window] = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(data, idx, pad_id, block_size):
+    """Token ids, token types and attention mask (B, T) for rows idx, padded to the longest row rounded
+    up to a multiple of 8 (tensor-core friendly, and few distinct shapes for torch.compile)."""
+    rows = [data["ids"][i] for i in idx]
+    T = max(len(r) for r in rows)
+    T = min(-(-T // 8) * 8, block_size)
+    x = np.full((len(rows), T), pad_id, dtype=np.int64)
+    types = np.zeros((len(rows), T), dtype=np.int64)
+    mask = np.zeros((len(rows), T), dtype=bool)
+    for r, (ids, start) in enumerate(zip(rows, (data["starts"][i] for i in idx))):
+        x[r, :len(ids)] = ids
+        types[r, start:len(ids)] = 1
+        mask[r, :len(ids)] = True
+    return torch.from_numpy(x), torch.from_numpy(types), torch.from_numpy(mask)
+
+
+# -----------------------------------------------------------------------------
+# Metrics, in numpy. Where one is undefined (a constant prediction or a single class, so that a
+# denominator is 0) it is 0.0, as in scikit-learn, rather than NaN: "no measurable agreement".
+
+def accuracy(pred, y):
+    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+
+
+def f1(pred, y):
+    """F1 of class 1 (the positive class of MRPC and QQP)."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    tp = np.sum((pred == 1) & (y == 1))
+    wrong = np.sum((pred == 1) != (y == 1))  # false positives + false negatives
+    return float(2 * tp / (2 * tp + wrong)) if tp + wrong else 0.0
+
+
+def matthews(pred, y):
+    """Matthews correlation, for any number of classes (Gorodkin 2004); CoLA's metric."""
+    pred, y = np.asarray(pred), np.asarray(y)
+    n = int(max(pred.max(), y.max())) + 1
+    C = np.zeros((n, n), dtype=np.float64)
+    np.add.at(C, (y, pred), 1)  # confusion matrix, rows = truth
+    t, p, c, s = C.sum(1), C.sum(0), np.trace(C), C.sum()
+    denom = np.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom else 0.0
+
+
+def pearson(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0  # a constant has no correlation; tested on exact equality, as a mean can round
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def rank(x):
+    """1-based ranks; tied values share the average of their ranks."""
+    x = np.asarray(x)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # mean of ranks start+1 .. end
+    return ranks
+
+
+def spearman(a, b):
+    return pearson(rank(a), rank(b))
+
+
+def compute_metrics(pred, y, n_labels):
+    """Every metric that applies: accuracy, F1 (binary tasks) and Matthews correlation for classes;
+    Pearson and Spearman correlation for regression (n_labels == 1)."""
+    if n_labels == 1:
+        return {"pearson": pearson(pred, y), "spearman": spearman(pred, y)}
+    out = {"accuracy": accuracy(pred, y)}
+    if n_labels == 2:
+        out["f1"] = f1(pred, y)
+    out["mcc"] = matthews(pred, y)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+def load_model(init_from, labels, n_labels, dropout, block_size):
+    """A BertForSequenceClassification with n_labels outputs starting from init_from, and the tokenizer
+    that belongs to it. The classifier head is kept only from a checkpoint fine-tuned on the same labels.
+    Returns (model, tokenizer, the folder of a WordPiece vocabulary or None for GPT-2's)."""
+    if is_our_checkpoint(init_from):
+        ckpt = train.load_checkpoint(init_from)
+        folder = init_from if os.path.isdir(init_from) else os.path.dirname(init_from)
+        folder = None if ckpt.get("tokenizer", "gpt2") == "gpt2" else folder  # fine-tuned from HF: vocab.txt beside it
+        config = BertConfig(**ckpt["model_config"])
+        same_head = ckpt.get("n_labels") == n_labels and ckpt.get("labels") == labels
+        keep = ("bert.", "classifier.") if same_head else ("bert.",)
+        weights = {k: v for k, v in ckpt["model"].items() if k.startswith(keep)}
+        if not weights:
+            raise SystemExit(f"{init_from} holds no BERT encoder weights (no 'bert.*' keys)")
+    else:
+        if os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, "config.json")):
+            raise SystemExit(f"{init_from} holds neither ckpt.pt (ours, from train.py) nor config.json (a HuggingFace "
+                             "BERT): point init_from at one of those")
+        folder = resolve_checkpoint(init_from)  # a hub name is downloaded; offline it says so
+        hf = BertForSequenceClassification.from_pretrained(folder, n_labels=n_labels)  # says if the head is fresh
+        config, weights = hf.config, hf.state_dict()
+    tok = tokenization.get_tokenizer(folder)
+    if tok.vocab_size > config.vocab_size:
+        raise SystemExit(f"{init_from}: its tokenizer ({tok.name}) has {tok.vocab_size} ids but the model's embedding "
+                         f"table only {config.vocab_size} rows: the weights and the vocabulary do not belong together. "
+                         "A HuggingFace folder needs its own vocab.txt; our checkpoints use GPT-2's (vocab_size=50304)")
+    if block_size > config.block_size:
+        raise SystemExit(f"block_size={block_size} is longer than {init_from} has positions for ({config.block_size})")
+    model = BertForSequenceClassification(replace(config, dropout=dropout), n_labels)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a shape that differs
+        missing, unexpected = [str(e).splitlines()[-1].strip()], []
+    if unexpected or [k for k in missing if not k.startswith("classifier.")]:
+        raise SystemExit(f"the weights in {init_from} do not fit this model.py ({(unexpected + missing)[:3]}); "
+                         "was it written by another version?")
+    return model, tok, folder
+
+
+def is_our_checkpoint(init_from):
+    return os.path.isfile(os.path.join(init_from, "ckpt.pt")) or init_from.endswith(".pt")
+
+
+def copy_vocabulary(folder, out_dir, tokenizer):
+    """Keep a WordPiece vocabulary beside the fine-tuned checkpoint, so out_dir is self-contained."""
+    with open(os.path.join(folder, "vocab.txt"), "rb") as f:
+        files = {"vocab.txt": f.read()}
+    # the casing the tokenizer settled on, written down even where the folder only implied it
+    files["tokenizer_config.json"] = json.dumps({"do_lower_case": tokenizer.lowercase}).encode()
+    for name, data in files.items():
+        _write_atomic(os.path.join(out_dir, name), data)
+
+
+def _write_atomic(path, data):
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+@torch.no_grad()
+def predict(model, data, batch_size, device, ctx, pad_id, block_size):
+    """Logits (N, n_labels) as float32 numpy, in row order."""
+    model.eval()
+    out = None
+    for idx in length_grouped_batches([len(r) for r in data["ids"]], batch_size):
+        x, types, mask = (t.to(device) for t in collate(data, idx, pad_id, block_size))
+        with ctx:
+            logits, _ = model(x, types, mask)
+        if out is None:
+            out = np.zeros((len(data["ids"]), logits.size(1)), dtype=np.float32)
+        out[idx] = logits.float().cpu().numpy()
+    return out
+
+
+def predictions(logits):
+    return logits[:, 0] if logits.shape[1] == 1 else logits.argmax(1)
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    """Run with settings from argv (default sys.argv[1:]). Returns a summary dict (tests use it)."""
+    settings = dict(SETTINGS)
+    changed = configure(settings, argv)
+    if settings["eval_only"]:
+        if not is_our_checkpoint(settings["init_from"]):
+            raise SystemExit("eval_only evaluates a model fine-tuned by finetune.py: set init_from to its out_dir")
+        ckpt = train.load_checkpoint(settings["init_from"])
+        if "n_labels" not in ckpt:
+            raise SystemExit(f"{settings['init_from']} is a pretraining checkpoint: fine-tune it first, eval_only "
+                             "needs a trained head")
+        # evaluate the way it was trained, unless told otherwise; your own files replace a named task's data
+        own_files = any(k.endswith("_file") for k in changed) and ckpt["config"]["task"] in TASKS
+        for k in ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric"):
+            if k not in changed and not (k == "task" and own_files):
+                settings[k] = ckpt["config"][k]
+        if "out_dir" not in changed:  # predictions go beside the checkpoint
+            settings["out_dir"] = settings["init_from"] if os.path.isdir(settings["init_from"]) else \
+                os.path.dirname(settings["init_from"])
+    cfg = SimpleNamespace(**settings)
+
+    # the data, as far as it can be read before the tokenizer is known; every check comes before any write
+    if cfg.task in TASKS:
+        if cfg.train_file or cfg.val_file or cfg.test_file:
+            raise SystemExit(f"task={cfg.task!r} is a named task: leave train_file, val_file and test_file empty, "
+                             "or give your own files another task name")
+        splits, names = read_task(cfg.task)
+        spec = TASKS[cfg.task]
+        cols = (spec.text, spec.pair, "label")
+        where = {s: f"{cfg.task} {s} split" for s in splits}
+        metric_name, regression = cfg.metric or spec.metric, names is None
+    elif cfg.train_file or cfg.val_file or cfg.test_file:
+        paths = {"train": "" if cfg.eval_only else cfg.train_file, "val": cfg.val_file, "test": cfg.test_file}
+        if not cfg.eval_only and not (cfg.train_file and cfg.val_file):
+            raise SystemExit("fine-tuning on your own files needs train_file, and val_file to pick the best epoch")
+        splits = {s: read_rows(p) if p else None for s, p in paths.items()}
+        cols, where = (cfg.text_column, cfg.text_pair_column, cfg.label_column), paths
+        if not cfg.eval_only:
+            names = label_names_from(get_columns(splits["train"], cfg.train_file, *cols)[2], cfg.label_type)
+        else:
+            names = None  # the checkpoint's
+        metric_name, regression = cfg.metric, names is None
+    else:
+        raise SystemExit(f"set task to one of {', '.join(TASKS)}, or set train_file and val_file to your own "
+                         ".csv / .jsonl files")
+    if cfg.eval_only:  # the checkpoint, not the data, fixes the labels and their ids
+        if cfg.task in TASKS and ckpt["labels"] != names:
+            raise SystemExit(f"{cfg.init_from} was fine-tuned on labels {ckpt['labels']}, but {cfg.task} has {names}")
+        names, regression = ckpt["labels"], ckpt["n_labels"] == 1
+        del ckpt
+    elif is_our_checkpoint(cfg.init_from):
+        init_folder = cfg.init_from if os.path.isdir(cfg.init_from) else os.path.dirname(cfg.init_from)
+        if os.path.realpath(cfg.out_dir) == os.path.realpath(init_folder):
+            raise SystemExit(f"out_dir is init_from's folder ({cfg.out_dir}): fine-tuning would overwrite the "
+                             "checkpoint it starts from. Choose another out_dir")
+    n_labels = 1 if regression else len(names)
+    metric_name = metric_name or ("spearman" if regression else "accuracy")  # BERT reports STS-B in Spearman
+    known = ["pearson", "spearman"] if regression else ["accuracy", "f1", "mcc"] if n_labels == 2 else ["accuracy", "mcc"]
+    if metric_name not in known:
+        raise SystemExit(f"metric={metric_name!r} does not apply to this task; choose one of {', '.join(known)}")
+
+    # processes, device and precision: the same conventions as train.py
+    ddp, rank, local_rank, world_size = train.init_distributed()
+    master = rank == 0
+    log = print if master else (lambda *args: None)
+    if cfg.batch_size % world_size:
+        raise SystemExit(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({world_size})")
+    dev = train.pick_device(cfg.device, local_rank)
+    device_type = dev.split(":")[0]
+    ctx, scaler = train.autocast_and_scaler(device_type, cfg.dtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)  # the same fresh head on every process
+
+    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)
+    data = {}
+    for split, rows in splits.items():
+        if rows is None or (cfg.eval_only and split == "train"):
+            continue
+        texts, pairs, labels = get_columns(rows, where[split], *cols[:2], "" if split == "test" else cols[2])
+        ids, starts, n_cut = encode(tok, texts, pairs, cfg.block_size)
+        labels = None if labels is None else label_ids(labels, names, where[split])
+        data[split] = {"ids": ids, "starts": starts, "labels": labels}
+        log(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
+            f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
+    log(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
+        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters)")
+    model.to(dev)
+    raw_model = model  # the plain module, whose state_dict is saved
+
+    def evaluate(m):
+        logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size)
+        return compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
+
+    def write_predictions(m):
+        values = predictions(predict(m, data["test"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size))
+        lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if regression else f"{i}\t{names[v]}"
+                                          for i, v in enumerate(values)]
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        path = os.path.join(cfg.out_dir, "predictions.tsv")
+        _write_atomic(path, ("\n".join(lines) + "\n").encode())
+        log(f"wrote {len(values):,} test predictions to {path}")
+
+    if cfg.eval_only:
+        scores = evaluate(model) if "val" in data else None
+        if scores:
+            log("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        if master and "test" in data:
+            write_predictions(model)
+        return {"val": scores}
+
+    if cfg.freeze_encoder:
+        model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if cfg.compile:
+        model = torch.compile(model)
+    eval_model = model  # compiled but never DDP-wrapped: only the master evaluates
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    lengths = np.array([len(r) for r in data["train"]["ids"]])
+    steps_per_epoch = len(lengths) // cfg.batch_size  # each epoch drops its last, partial batch
+    if steps_per_epoch == 0:
+        raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one batch "
+                         f"(batch_size={cfg.batch_size})")
+    max_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_ratio * max_steps)
+    log(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.batch_size} rows ({world_size} process"
+        f"{'es' if world_size > 1 else ''} x {cfg.batch_size // world_size}); {warmup_steps:,} warmup steps, "
+        "then linear decay to 0"
+        + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
+
+    step, best, history = 0, None, []
+    t_log, steps_logged = time.time(), 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        if cfg.freeze_encoder:
+            raw_model.bert.eval()  # frozen features: no dropout noise in them
+        rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
+        for idx in length_grouped_batches(lengths, cfg.batch_size, rng)[:steps_per_epoch]:
+            idx = idx[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
+            lr = train.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, types, mask = (t.to(dev) for t in collate(data["train"], idx, tok.pad, cfg.block_size))
+            y = torch.from_numpy(data["train"]["labels"][idx]).to(dev)
+            with ctx:
+                _, loss = model(x, types, mask, labels=y)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_logged += 1
+            if step % cfg.log_interval == 0 or step == max_steps:
+                dt = (time.time() - t_log) / steps_logged
+                log(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
+                    f"{dt * 1000:.0f} ms/step")
+                t_log, steps_logged = time.time(), 0
+        if not master:
+            continue  # on to the next epoch, where the first gradient all-reduce waits for the master
+        scores = evaluate(eval_model)
+        history.append(scores)
+        improved = best is None or scores[metric_name] > best
+        log(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
+        if improved:
+            best = scores[metric_name]
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            if vocab_folder:
+                copy_vocabulary(vocab_folder, cfg.out_dir, tok)
+            train.save_checkpoint({
+                "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
+                "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
+                "task": cfg.task or "custom", "tokenizer": tok.name, "init_from": cfg.init_from,
+                "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
+                "epoch": epoch + 1, "step": step, "config": settings,
+            }, os.path.join(cfg.out_dir, "ckpt.pt"))
+        t_log, steps_logged = time.time(), 0  # evaluation is not training time
+    if master and "test" in data:
+        raw_model.load_state_dict(train.load_checkpoint(cfg.out_dir)["model"])  # the best epoch predicts
+        write_predictions(eval_model)
+    if ddp:
+        torch.distributed.destroy_process_group()
+    return {"best": best, "metric": metric_name, "history": history}
+
+
+if __name__ == "__main__":
+    main()
