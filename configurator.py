@@ -63,7 +63,7 @@ def _read_config_file(path):
             raise SystemExit(f"{path}:{node.lineno}: config files may only hold `name = value` lines")
         try:
             values[node.targets[0].id] = _evaluate(node.value, values)
-        except ValueError as e:
+        except (ValueError, TypeError, ArithmeticError) as e:  # 1 / 0, "a" + 1, 10.0 ** 1000
             raise SystemExit(f"{path}:{node.lineno}: {e}")
     return values
 
@@ -98,7 +98,10 @@ def configure(settings, argv=None):
             key, sep, text = arg[2:].partition("=")
             if not sep:
                 raise SystemExit(f"flag {arg} needs a value: --{key}=VALUE")
-            settings[key] = _check(key, _literal(text), settings, f"flag {arg}")
+            value = _literal(text)
+            if isinstance(settings.get(key), str) and not isinstance(value, str) and value is not None:
+                value = text  # --wandb_run_name=2024 is the name "2024"
+            settings[key] = _check(key, value, settings, f"flag {arg}")
             changed.append(key)
         else:
             for key, value in _read_config_file(arg).items():

@@ -1,0 +1,23 @@
+# BERT-tiny: 2 layers x 128 wide. Trains on a laptop CPU in a few minutes and visibly learns.
+#   python prepare.py                      # TinyStories -> data/tinystories
+#   python train.py config/bert_tiny.py
+# tokens per step: 32 sequences x 128 tokens x 1 micro-step x 1 process = 4,096
+out_dir = "out-tiny"
+data_dir = "data/tinystories"
+wandb_run_name = "bert-tiny"
+eval_interval = 250
+eval_iters = 20
+log_interval = 25
+
+n_layer = 2
+n_head = 2
+n_embd = 128
+max_positions = 128
+block_size = 128
+batch_size = 32
+tokens_per_step = 32 * 128
+
+learning_rate = 2e-3          # a small model takes a larger step than BERT-base's 1e-4
+max_steps = 1000              # 4M tokens; ~0.5 s a step on 2 CPU cores
+warmup_steps = 50
+compile = False               # on a short CPU run compiling costs more time than it saves

@@ -1,0 +1,613 @@
+"""
+BERT pretraining: masked language model (MLM) and next sentence prediction (NSP), on one CPU, one GPU
+or many (torchrun, one node or several).
+
+    python train.py config/bert_tiny.py                  # CPU or laptop, minutes
+    torchrun --nproc_per_node=8 train.py                 # BERT-base, the defaults below
+    python train.py config/bert_tiny.py --init_from=resume   # continue out_dir/ckpt.pt exactly
+
+Data comes from prepare.py: a uint16 token stream and document offsets. Every batch is built on the
+fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, micro-step, rank), so a
+resumed run sees exactly the batches the uninterrupted run would have seen without saving any
+data-loader state. Dropout is re-seeded from the same numbers each step for the same reason.
+"""
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from configurator import configure
+from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+
+# -----------------------------------------------------------------------------
+# Settings. The defaults are the BERT-base recipe (Devlin et al. 2018, appendix A.2) for
+# `torchrun --nproc_per_node=8 train.py`; config/*.py files and --key=value flags override them.
+# I/O
+out_dir = "out"
+init_from = "scratch"        # 'scratch' or 'resume' (out_dir/ckpt.pt)
+eval_interval = 2000         # steps between evaluations; each one saves out_dir/ckpt.pt
+eval_iters = 100             # validation batches per evaluation, the same ones every time
+log_interval = 100           # steps between log lines (and between checks for SIGTERM/SIGINT)
+run_steps = 0                # stop (and save) after this many steps of this run; 0: go on to max_steps
+wandb_log = False
+wandb_project = "bert"
+wandb_run_name = "bert-base"
+# data
+data_dir = "data/wikipedia"  # prepare.py's output, e.g. python prepare.py --dataset wikimedia/wikipedia --config 20231101.en
+block_size = 512             # tokens per sequence, [CLS] and [SEP]s included
+batch_size = 32              # sequences per micro-step and process
+tokens_per_step = 256 * 512  # per optimizer step over all processes: BERT's 256 sequences of 512
+nsp = True                   # sentence pairs with NSP; False: MLM only on text packed across documents
+mask_prob = 0.15             # share of text tokens to predict; of those 80% [MASK], 10% random, 10% kept
+whole_word_mask = False      # mask all BPE pieces of a word together
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+max_positions = 512          # position embeddings (BertConfig.block_size); block_size may be shorter
+dropout = 0.1
+bias = True
+# AdamW
+learning_rate = 1e-4
+max_steps = 1_000_000
+weight_decay = 0.01
+beta1 = 0.9
+beta2 = 0.999
+grad_clip = 1.0              # clip the global gradient norm; 0 turns it off
+# learning rate schedule
+warmup_steps = 10_000
+decay = "linear"             # 'linear' (BERT) or 'cosine'
+min_lr = 0.0
+# system
+device = "auto"              # auto, cpu, cuda, mps
+dtype = "auto"               # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), float32, bfloat16, float16
+compile = True               # torch.compile the model
+seed = 1337
+# -----------------------------------------------------------------------------
+SETTINGS = {k: v for k, v in globals().items() if k.islower() and not k.startswith("_")
+            and isinstance(v, (bool, int, float, str))}
+
+
+# -----------------------------------------------------------------------------
+# Data: prepare.py's bins, sentence pairs, packed text, dynamic masking
+
+def check_data(data_dir):
+    """One clear message if data_dir does not hold prepare.py's output for our GPT-2 vocabulary."""
+    files = [f"{s}{ext}" for s in ("train", "val") for ext in (".bin", "_docs.npy")] + ["meta.json"]
+    missing = [f for f in files if not os.path.isfile(os.path.join(data_dir, f))]
+    if missing:
+        raise SystemExit(f"{data_dir} lacks {', '.join(missing)}: prepare a corpus first, e.g. "
+                         f"`python prepare.py --out_dir {data_dir}` (see prepare.py --help), or point data_dir at one")
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    want = dict(tokenizer=GPT2Tokenizer.name, vocab_size=VOCAB_SIZE, dtype="uint16",
+                special_ids=dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD))
+    wrong = {k: meta.get(k) for k, v in want.items() if meta.get(k) != v}
+    if wrong:
+        raise SystemExit(f"{data_dir} was prepared for another vocabulary ({wrong}, expected "
+                         f"{ {k: want[k] for k in wrong} }): re-run prepare.py with this tokenizer.py")
+    return meta
+
+
+class Corpus:
+    """One split of prepare.py's output: {split}.bin, uint16 tokens with every document followed by EOT,
+    and {split}_docs.npy, int64 offsets: document i is tokens[offs[i] : offs[i+1] - 1]."""
+
+    def __init__(self, data_dir, split):
+        self.path = os.path.join(data_dir, f"{split}.bin")
+        offs = np.load(os.path.join(data_dir, f"{split}_docs.npy"))
+        n_tokens = os.path.getsize(self.path) // 2
+        if offs.ndim != 1 or len(offs) < 2 or offs[0] != 0 or offs[-1] != n_tokens or np.any(np.diff(offs) < 1):
+            raise SystemExit(f"{data_dir}: {split}_docs.npy does not match {split}.bin: re-run prepare.py")
+        ends = offs[1:][np.linspace(0, len(offs) - 2, min(len(offs) - 1, 10_000)).astype(np.int64)] - 1
+        if np.any(self.tokens()[ends] != EOT):  # a sample of documents is enough to catch mixed-up files
+            raise SystemExit(f"{data_dir}: documents in {split}.bin do not end with EOT where {split}_docs.npy "
+                             "says: the files are from different runs; re-run prepare.py")
+        self.n_tokens = n_tokens
+        self.start = offs[:-1]
+        self.length = offs[1:] - offs[:-1] - 1  # text tokens of each document, EOT excluded
+        # documents are drawn in proportion to their length, so every token is equally likely to be seen
+        self.cum_any = np.cumsum(self.length)                                  # B segments: 1+ tokens
+        self.cum_pair = np.cumsum(np.where(self.length >= 2, self.length, 0))  # A + B of one document
+
+    def tokens(self):
+        # a fresh memmap each batch: a long-lived one keeps every page it touched (nanoGPT #500 ff.)
+        return np.memmap(self.path, dtype=np.uint16, mode="r")
+
+    def sample_docs(self, rng, n, cum):
+        return np.searchsorted(cum, rng.integers(0, cum[-1], n), side="right")
+
+
+def nsp_rows(corpus, rng, B, T):
+    """B rows of [CLS] A [SEP] B [SEP] [PAD]..., each (B, T), and the NSP labels (B,).
+
+    A window of up to T-3 tokens is taken from one document and cut at a random point into A and B.
+    Label 0 (IsNext): B is the rest of the window, the text right after A. Label 1: B has the same
+    length but comes from another document (from a random place in it). Nothing crosses a document
+    boundary. A document shorter than the window gives a shorter pair, padded with [PAD] and masked
+    out of attention; the random B gets the length the true B would have had, so length gives the
+    label away only when the other document is shorter still. Segments are cut at token, not
+    sentence, boundaries: the prepared bins do not record sentences."""
+    if corpus.cum_pair[-1] == 0 or len(corpus.length) < 2:
+        raise SystemExit("NSP needs at least two documents, one of them 2+ tokens long; use --nsp=False")
+    n = T - 3
+    d = corpus.sample_docs(rng, B, corpus.cum_pair)
+    L = corpus.length[d]
+    W = np.minimum(L, n)                                          # window = A + B
+    s = corpus.start[d] + rng.integers(0, L - W + 1)              # window start
+    a_len = rng.integers(1, W)                                    # 1 .. W-1: A and B both non-empty
+    is_random = rng.random(B) < 0.5
+    d2 = corpus.sample_docs(rng, B, corpus.cum_any)
+    while np.any(same := d2 == d):
+        d2[same] = corpus.sample_docs(rng, int(same.sum()), corpus.cum_any)
+    L2 = corpus.length[d2]
+    b_len = np.where(is_random, np.minimum(W - a_len, L2), W - a_len)
+    b_start = np.where(is_random, corpus.start[d2] + rng.integers(0, np.maximum(L2 - (W - a_len), 0) + 1), s + a_len)
+
+    t = np.arange(T)[None, :]                                     # (1, T)
+    sep1 = 1 + a_len[:, None]                                     # (B, 1) position of the first [SEP]
+    sep2 = sep1 + 1 + b_len[:, None]                              # and of the second
+    in_a, in_b = (t >= 1) & (t < sep1), (t > sep1) & (t < sep2)
+    src = np.where(in_a, s[:, None] + t - 1, b_start[:, None] + t - sep1 - 1)  # (B, T) index into the bin
+    text = corpus.tokens()[np.where(in_a | in_b, src, 0)].astype(np.int64)
+    idx = np.where(in_a | in_b, text, PAD)
+    idx[:, 0] = CLS
+    idx[(t == sep1) | (t == sep2)] = SEP
+    token_type_ids = ((t > sep1) & (t <= sep2)).astype(np.int64)
+    attention_mask = t <= sep2
+    return idx, token_type_ids, attention_mask, is_random.astype(np.int64)
+
+
+def packed_rows(corpus, rng, B, T):
+    """B rows of [CLS] text [SEP] for MLM-only training: T-2 contiguous tokens from a random place in
+    the stream, documents separated by [SEP] where the bin has EOT (RoBERTa's FULL-SENTENCES). No
+    padding, so no attention mask."""
+    n = T - 2
+    if corpus.n_tokens < n:
+        raise SystemExit(f"{corpus.path} holds {corpus.n_tokens} tokens, fewer than one sequence of {T}")
+    start = rng.integers(0, corpus.n_tokens - n + 1, B)
+    text = corpus.tokens()[start[:, None] + np.arange(n)].astype(np.int64)  # (B, T-2)
+    text[text == EOT] = SEP
+    return np.concatenate([np.full((B, 1), CLS), text, np.full((B, 1), SEP)], axis=1)
+
+
+def word_boundaries():
+    """Per token id: does it start a word (its text begins with whitespace: GPT-2 BPE keeps a word's
+    leading space, " cat" vs "cat"), and does it end a line. For whole-word masking."""
+    enc = GPT2Tokenizer().enc
+    starts, ends_line = np.zeros(VOCAB_SIZE, bool), np.zeros(VOCAB_SIZE, bool)
+    for i in range(N_TEXT):
+        b = enc.decode_single_token_bytes(i)
+        starts[i], ends_line[i] = b[:1].isspace(), b.endswith(b"\n")
+    return starts, ends_line
+
+
+def max_predictions_for(block_size, mask_prob):
+    """The static number of MLM predictions per row: the model drops masks beyond it, and masking
+    never reaches past it."""
+    return math.ceil(mask_prob * block_size)
+
+
+def mask_tokens(idx, rng, mask_prob, max_predictions, words=None):
+    """Dynamic masking (BERT section 3.1). idx (B, T) int64. In each row m = max(1, round(mask_prob *
+    text tokens)) text tokens (ids < N_TEXT: never [CLS] [SEP] [PAD] EOT) are chosen; 80% become [MASK],
+    10% a random text token, 10% stay. With words = word_boundaries(), whole words are chosen as in
+    google-research/bert: words in random order, each taken if it still fits within m, until m is
+    reached. Returns (inputs, labels); labels hold the original token where one was chosen, else -100."""
+    B, T = idx.shape
+    rows = np.arange(B)[:, None]
+    is_text = idx < N_TEXT
+    n_text = is_text.sum(1)
+    m = np.minimum(np.maximum(np.rint(mask_prob * n_text), 1), np.minimum(n_text, max_predictions)).astype(np.int64)
+    if words is None:
+        keys = np.where(is_text, rng.random((B, T)), 2.0)  # non-text sorts last
+        rank = np.empty((B, T), np.int64)
+        rank[rows, keys.argsort(1)] = np.arange(T)
+        chosen = rank < m[:, None]
+    else:
+        starts, ends_line = words
+        prev = np.concatenate([np.full((B, 1), CLS), idx[:, :-1]], 1)
+        start = is_text & (starts[idx] | ends_line[prev] | (prev >= N_TEXT))  # after [CLS], [SEP], EOT: a new word
+        word = np.where(is_text, np.cumsum(start, 1) - 1, T)              # (B, T) word of each token; T: none
+        length = np.zeros((B, T + 1), np.int64)
+        np.add.at(length, (np.broadcast_to(rows, (B, T)), word), 1)
+        order = np.where(length[:, :T] > 0, rng.random((B, T)), 2.0).argsort(1)  # (B, T) words in random order
+        length = np.take_along_axis(length, order, 1)                     # (B, T) tokens of the j-th word drawn
+        take = np.zeros((B, T + 1), bool)                                 # by word; column T: no word
+        total = np.zeros(B, np.int64)
+        for j in range(int(start.sum(1).max())):  # one step per word rank, all rows at once
+            if np.all(total >= m):
+                break
+            fits = (length[:, j] > 0) & (total + length[:, j] <= m)
+            take[np.arange(B), order[:, j]] = fits
+            total += np.where(fits, length[:, j], 0)
+        chosen = take[rows, word]
+    u = rng.random((B, T))
+    inputs = np.where(chosen & (u < 0.8), MASK, idx)
+    inputs = np.where(chosen & (u >= 0.8) & (u < 0.9), rng.integers(0, N_TEXT, (B, T)), inputs)
+    labels = np.where(chosen, idx, -100)
+    return inputs, labels
+
+
+def batch_rng(seed, split, step, shard):
+    """The generator for one micro-batch. shard = micro_step * world_size + rank, so one process with
+    k micro-steps sees the same global batch as k processes with one micro-step each."""
+    return np.random.default_rng([seed, {"train": 0, "val": 1}[split], step, shard])
+
+
+def get_batch(corpus, rng, batch_size, block_size, nsp, mask_prob, max_predictions, words=None):
+    """A pretraining micro-batch: the keyword arguments of BertForPreTraining.forward, as CPU tensors."""
+    if nsp:
+        idx, token_type_ids, attention_mask, nsp_labels = nsp_rows(corpus, rng, batch_size, block_size)
+    else:
+        idx, token_type_ids, attention_mask, nsp_labels = packed_rows(corpus, rng, batch_size, block_size), None, None, None
+    inputs, labels = mask_tokens(idx, rng, mask_prob, max_predictions, words)
+    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+    return dict(idx=t(inputs), token_type_ids=t(token_type_ids), attention_mask=t(attention_mask),
+                mlm_labels=t(labels), nsp_labels=t(nsp_labels))
+
+
+def to_device(batch, device):
+    if device.startswith("cuda"):  # pinned memory lets the copy overlap the step that is running
+        return {k: None if v is None else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: None if v is None else v.to(device) for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# Metrics
+
+METRICS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_loss_sum", "nsp_correct", "nsp_count")
+
+
+def batch_metrics(mlm_logits, nsp_logits, batch, max_predictions):
+    """Sums (not means) of the six METRICS for a batch, so batches and processes add up exactly."""
+    from model import gather_masked
+    _, y = gather_masked(batch["mlm_labels"], max_predictions)  # (B, P), lined up with mlm_logits
+    keep = y != -100
+    mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+    mlm_correct = (mlm_logits.argmax(-1) == y)[keep].sum()
+    sums = [mlm_loss, mlm_correct, keep.sum()]
+    if batch["nsp_labels"] is None:
+        sums += [torch.zeros((), device=y.device)] * 3
+    else:
+        z = batch["nsp_labels"]
+        sums += [F.cross_entropy(nsp_logits.float(), z, reduction="sum"), (nsp_logits.argmax(-1) == z).sum(),
+                 torch.tensor(z.numel(), device=y.device)]
+    return torch.stack([s.detach().float() for s in sums])
+
+
+def summarize(sums, prefix=""):
+    """Losses and accuracies from summed METRICS; NSP entries only when there were NSP rows."""
+    s = dict(zip(METRICS, sums.tolist()))
+    out = {f"{prefix}mlm_loss": s["mlm_loss_sum"] / max(s["mlm_count"], 1),
+           f"{prefix}mlm_acc": s["mlm_correct"] / max(s["mlm_count"], 1)}
+    if s["nsp_count"]:
+        out.update({f"{prefix}nsp_loss": s["nsp_loss_sum"] / s["nsp_count"],
+                    f"{prefix}nsp_acc": s["nsp_correct"] / s["nsp_count"]})
+    out[f"{prefix}loss"] = out[f"{prefix}mlm_loss"] + out.get(f"{prefix}nsp_loss", 0.0)
+    return out
+
+
+def format_metrics(m, prefix=""):
+    parts = [f"loss {m[prefix + 'loss']:.4f}", f"mlm {m[prefix + 'mlm_loss']:.4f}", f"mlm acc {m[prefix + 'mlm_acc']:.1%}"]
+    if prefix + "nsp_loss" in m:
+        parts += [f"nsp {m[prefix + 'nsp_loss']:.4f}", f"nsp acc {m[prefix + 'nsp_acc']:.1%}"]
+    return " | ".join(parts)
+
+
+# -----------------------------------------------------------------------------
+# Helpers shared with finetune.py
+
+def init_distributed():
+    """(ddp, rank, local_rank, world_size). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment,
+    one node or many) joins the process group; otherwise a single process: (False, 0, 0, 1)."""
+    if "RANK" not in os.environ:
+        return False, 0, 0, 1
+    import torch.distributed as dist
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return True, rank, local_rank, world_size
+
+
+def pick_device(device="auto", local_rank=0):
+    """'auto' -> 'cuda:<local_rank>', else 'mps', else 'cpu'. 'cuda' means this process's GPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{local_rank}"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"device={device!r} but torch sees no CUDA GPU; use --device=auto or --device=cpu")
+    return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def autocast_and_scaler(device_type, dtype="auto"):
+    """The mixed-precision context for forward passes and the GradScaler for backward. 'auto': bf16 on
+    GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU and MPS. The fp32 case gets
+    a null context and a disabled scaler, so the training loop has a single path."""
+    if dtype == "auto":
+        if device_type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if ptdtype is None:
+        raise SystemExit(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    # fp16 has too little range for raw gradients; bf16 and fp32 do not need scaling
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    return ctx, scaler
+
+
+def get_lr(step, learning_rate, warmup_steps, max_steps, min_lr, decay="linear"):
+    """Linear warmup from 0, then linear (BERT) or cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / (warmup_steps + 1)
+    if step >= max_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    if decay == "linear":
+        coeff = 1.0 - ratio
+    elif decay == "cosine":
+        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    else:
+        raise SystemExit(f"decay must be 'linear' or 'cosine', got {decay!r}")
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a crash midway leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint written by save_checkpoint, with one clear message for each way it can fail."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: train one with `python train.py`, or point out_dir "
+                         "at a folder that holds ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it may be truncated "
+                         "or from another program. Restore it from a copy, or start without it")
+    missing = {"model", "model_config"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
+    if missing:
+        raise SystemExit(f"{path} is not a checkpoint of this project (missing {sorted(missing)})")
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# The run
+
+class StopSignal:
+    """SIGTERM (a preempted job) or SIGINT (Ctrl-C) asks the run to save and stop at the next check;
+    a second signal acts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, self.previous[signum])
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next log step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv=None):
+    """Train with the settings above, overridden by argv (config files, --key=value). Returns the
+    trained BertForPreTraining (the plain module)."""
+    settings = dict(SETTINGS)
+    configure(settings, argv)
+    cfg = SimpleNamespace(**settings)
+    from model import BertConfig, BertForPreTraining
+
+    ddp, rank, local_rank, world_size = init_distributed()
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    device = pick_device(cfg.device, local_rank)
+    device_type = device.split(":")[0]
+    ctx, scaler = autocast_and_scaler(device_type, cfg.dtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+
+    # the batch arithmetic: tokens_per_step = batch_size * block_size * grad_accum * world_size
+    per_micro_step = cfg.batch_size * cfg.block_size * world_size
+    if cfg.tokens_per_step % per_micro_step:
+        raise SystemExit(f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size * "
+                         f"processes = {cfg.batch_size} * {cfg.block_size} * {world_size} = {per_micro_step}: "
+                         "change tokens_per_step or batch_size")
+    grad_accum = cfg.tokens_per_step // per_micro_step
+    say(f"tokens per step: {cfg.tokens_per_step:,} = batch_size {cfg.batch_size} x block_size {cfg.block_size} "
+        f"x grad_accum {grad_accum} x world_size {world_size}")
+    if cfg.block_size < 8:
+        raise SystemExit(f"block_size={cfg.block_size} is too short for [CLS] A [SEP] B [SEP]; use 8 or more")
+    if cfg.init_from not in ("scratch", "resume"):
+        raise SystemExit(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    check_data(cfg.data_dir)
+    train_data, val_data = Corpus(cfg.data_dir, "train"), Corpus(cfg.data_dir, "val")
+    words = word_boundaries() if cfg.whole_word_mask else None
+    P = max_predictions_for(cfg.block_size, cfg.mask_prob)
+
+    # model and optimizer, fresh or from out_dir/ckpt.pt
+    ckpt = load_checkpoint(cfg.out_dir, map_location=device) if cfg.init_from == "resume" else None
+    if ckpt is not None and ckpt.get("tokenizer") != GPT2Tokenizer.name:
+        raise SystemExit(f"{cfg.out_dir}/ckpt.pt was trained with tokenizer {ckpt.get('tokenizer')!r}, not gpt2")
+    model_config = BertConfig(**ckpt["model_config"]) if ckpt else BertConfig(
+        block_size=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    if cfg.block_size > model_config.block_size:
+        raise SystemExit(f"block_size={cfg.block_size} is longer than the model's {model_config.block_size} "
+                         "positions: lower block_size" + ("" if ckpt else ", or raise max_positions"))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run
+    raw_model = BertForPreTraining(model_config).to(device)
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    step, best_val_loss = 0, float("inf")
+    if ckpt:
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
+        say(f"resuming from {cfg.out_dir}/ckpt.pt at step {step} (model settings from the checkpoint)")
+        del ckpt
+    say(f"{raw_model.num_params() / 1e6:.2f}M parameters, {model_config.n_layer} layers x {model_config.n_embd} "
+        f"wide; up to {P} masked tokens per sequence; {getattr(ctx, 'fast_dtype', torch.float32)} on {device}")
+    # keep the plain module: checkpoints store its state_dict, never a compiled or DDP wrapper's
+    model = torch.compile(raw_model) if cfg.compile else raw_model
+    eval_model = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        import torch.distributed as dist
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    def batch(split, step, shard):
+        data = train_data if split == "train" else val_data
+        b = get_batch(data, batch_rng(cfg.seed, split, step, shard), cfg.batch_size, cfg.block_size,
+                      cfg.nsp, cfg.mask_prob, P, words)
+        return to_device(b, device)
+
+    @torch.no_grad()
+    def evaluate():
+        """Validation metrics over the same eval_iters batches every time, split over the processes."""
+        eval_model.eval()
+        sums = torch.zeros(len(METRICS), device=device)
+        for k in range(rank, cfg.eval_iters, world_size):
+            b = batch("val", 0, k)
+            with ctx:
+                mlm_logits, nsp_logits, _ = eval_model(**b, max_predictions=P)
+            sums += batch_metrics(mlm_logits, nsp_logits, b, P)
+        if ddp:
+            dist.all_reduce(sums)
+        eval_model.train()
+        return summarize(sums, "val_")
+
+    def save():
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise SystemExit(f"the weights hold NaN/inf at step {step}; not saving over {cfg.out_dir}/ckpt.pt. "
+                             "Lower learning_rate (or use bfloat16) and resume from the last checkpoint")
+        ckpt = dict(model=raw_model.state_dict(), model_config=asdict(model_config), optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict(), step=step, best_val_loss=best_val_loss, config=settings,
+                    # batches and dropout are functions of (seed, step, rank): the seed is all the RNG state
+                    rng=dict(seed=cfg.seed), tokenizer=GPT2Tokenizer.name)
+        save_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"))
+        say(f"saved {cfg.out_dir}/ckpt.pt at step {step}")
+
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a")
+    if cfg.wandb_log and master:
+        import wandb  # optional: only runs that log to wandb need it
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=settings)
+
+    def log(record):
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        if cfg.wandb_log:
+            wandb.log(record, step=record["step"])
+
+    start_step = step
+    stop_at = min(cfg.max_steps, start_step + cfg.run_steps) if cfg.run_steps else cfg.max_steps
+    stop = StopSignal()
+    stopping = False
+    try:
+        b = batch("train", step, rank)
+        t_log, steps_logged = time.time(), 0
+        while True:
+            done = step >= stop_at
+            evaluated = step % cfg.eval_interval == 0 or done
+            if evaluated:
+                m = evaluate()
+                if not math.isfinite(m["val_loss"]):
+                    raise SystemExit(f"validation loss is {m['val_loss']} at step {step}; {cfg.out_dir}/ckpt.pt is "
+                                     "kept as it was. Lower learning_rate and resume from it")
+                best_val_loss = min(best_val_loss, m["val_loss"])
+                say(f"eval step {step}: {format_metrics(m, 'val_')}")
+                if master:
+                    log({"step": step, **m})
+            if step > start_step and (evaluated or stopping):
+                if master:
+                    save()
+            if done or stopping:
+                break
+            if evaluated:
+                t_log, steps_logged = time.time(), 0  # leave evaluation out of the step timing
+
+            lr = get_lr(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 2, step, rank]).generate_state(1)[0]))  # dropout
+            for micro in range(grad_accum):
+                # gradients are all-reduced on the last micro-step only
+                with model.no_sync() if ddp and micro < grad_accum - 1 else nullcontext():
+                    with ctx:
+                        mlm_logits, nsp_logits, loss = model(**b, max_predictions=P)
+                    last_batch = b
+                    # the next micro-batch is built on the CPU while the GPU works on this one
+                    nxt = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
+                    b = batch("train", nxt[0], nxt[1] * world_size + rank)
+                    scaler.scale(loss / grad_accum).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            steps_logged += 1
+
+            if step % cfg.log_interval == 0 or step == stop_at:
+                # the only host-device sync outside evaluation; all processes agree on NaN and on stopping
+                m = summarize(batch_metrics(mlm_logits, nsp_logits, last_batch, P))
+                flags = torch.tensor([stop.requested, not math.isfinite(loss.item())], dtype=torch.float32, device=device)
+                if ddp:
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                if flags[1]:
+                    raise SystemExit(f"loss is NaN/inf at step {step}; {cfg.out_dir}/ckpt.pt is kept as it was. "
+                                     "Lower learning_rate (or use bfloat16) and resume from it")
+                stopping = bool(flags[0])
+                dt = (time.time() - t_log) / steps_logged
+                tokens_per_sec = cfg.tokens_per_step / dt
+                mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, cfg.block_size, device_type,
+                                             mlm_fraction=P / cfg.block_size)
+                say(f"step {step} | {format_metrics(m)} | lr {lr:.2e} | {dt * 1000:.0f} ms/step | "
+                    f"{tokens_per_sec:,.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}", flush=True)
+                if master:
+                    log({"step": step, **m, "lr": lr, "ms_per_step": dt * 1000, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+                t_log, steps_logged = time.time(), 0
+        if stopping:
+            say(f"stopped at step {step} on a signal; continue with --init_from=resume")
+    finally:
+        stop.restore()
+        if master:
+            log_file.close()
+        if ddp:
+            dist.destroy_process_group()
+    return raw_model
+
+
+if __name__ == "__main__":
+    main()
