@@ -570,12 +570,7 @@ def main(argv=None):
             with ctx:
                 _, loss = model(x, types, mask, labels=y)
             scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            train.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
             step += 1
             steps_logged += 1
             if step % cfg.log_interval == 0 or step == max_steps:

@@ -364,6 +364,16 @@ def get_lr(step, learning_rate, warmup_steps, max_steps, min_lr, decay="linear")
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def optimizer_step(optimizer, scaler, params, grad_clip):
+    """Unscale (fp16 only), clip the global gradient norm, step, and clear the gradients."""
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 # -----------------------------------------------------------------------------
 # Checkpoints
 
@@ -570,12 +580,7 @@ def main(argv=None):
                     nxt = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
                     b = batch("train", nxt[0], nxt[1] * world_size + rank)
                     scaler.scale(loss / grad_accum).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
             step += 1
             steps_logged += 1
 
