@@ -1,0 +1,322 @@
+"""
+Turn a text corpus into the token files that train.py reads.
+
+    python prepare.py                                      # roneneldan/TinyStories -> data/tinystories
+    python prepare.py --dataset wikitext --config wikitext-103-raw-v1
+    python prepare.py --files "corpus/*.txt"               # a document = a blank-line separated paragraph
+    python prepare.py --files "books/**/*.txt" --doc_per_file   # a document = a whole file
+    python prepare.py --jsonl "dump/*.jsonl" --text_column content
+
+Every source goes through HuggingFace `datasets`, is tokenised with GPT-2 BPE (tokenizer.py) in
+parallel processes and streamed to disk in bounded memory. The output folder holds:
+
+    train.bin, val.bin            uint16 token stream: doc0 EOT doc1 EOT ... docN EOT
+    train_docs.npy, val_docs.npy  int64 offsets, n_docs + 1 of them: document i is the tokens
+                                  [offs[i], offs[i+1] - 1), its EOT sits at offs[i+1] - 1
+    meta.json                     tokenizer, special ids, counts and source; written last, so a
+                                  folder without it holds an interrupted run
+
+Documents are stripped of surrounding whitespace and empty ones skipped. Validation documents come
+from the dataset's own validation split, or else every 1/val_fraction-th document is held out.
+"""
+import argparse
+import codecs
+import glob
+import itertools
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+
+from tokenizer import CLS, EOT, MASK, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+
+DEFAULT_DATASET = "roneneldan/TinyStories"  # what config/bert_tiny.py trains on (data/tinystories)
+SPLITS = ("train", "val")
+OUTPUTS = [f"{s}{ext}" for s in SPLITS for ext in (".bin", "_docs.npy")] + ["meta.json"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", help=f"HuggingFace dataset name or local dataset folder (default {DEFAULT_DATASET})")
+    src.add_argument("--files", nargs="+", metavar="GLOB",
+                     help="plain text files; a document is a paragraph (text between blank lines)")
+    src.add_argument("--jsonl", nargs="+", metavar="GLOB", help="JSON lines files, one document per line")
+    p.add_argument("--config", help="dataset config name, e.g. wikitext-103-raw-v1")
+    p.add_argument("--split", default="train", help="split to train on")
+    p.add_argument("--val_split", default="validation",
+                   help="the dataset's validation split; if it has none (or this is ''), hold out --val_fraction")
+    p.add_argument("--val_fraction", type=float, default=0.01,
+                   help="fraction of documents held out for validation when there is no validation split")
+    p.add_argument("--text_column", default="text", help="column (JSON field) that holds the text")
+    p.add_argument("--doc_per_file", action="store_true", help="with --files: each file is one document")
+    p.add_argument("--out_dir", help="output folder (default data/<dataset name, lowercased>)")
+    p.add_argument("--overwrite", action="store_true", help="replace bins already in --out_dir")
+    p.add_argument("--num_proc", type=int, default=len(os.sched_getaffinity(0)), help="tokenizer processes")
+    p.add_argument("--cache_dir", help="where datasets keeps its Arrow copy of the corpus (default: its own cache)")
+    args = p.parse_args(argv)
+    if args.doc_per_file and not args.files:
+        p.error("--doc_per_file goes with --files")
+    if not 0 <= args.val_fraction < 1:
+        p.error("--val_fraction must be in [0, 1)")
+    if args.num_proc < 1:
+        p.error("--num_proc must be at least 1")
+    if not (args.files or args.jsonl or args.dataset):
+        args.dataset = DEFAULT_DATASET
+    if args.out_dir is None:
+        args.out_dir = os.path.join("data", default_name(args))
+    return args
+
+
+def default_name(args):
+    if args.dataset:
+        return os.path.basename(os.path.normpath(args.dataset)).lower()
+    # the last folder before the first wildcard: "corpus/**/*.txt" -> corpus, "a/b.txt" -> b
+    parts = os.path.normpath(os.path.abspath((args.files or args.jsonl)[0])).split(os.sep)
+    n = next((i for i, part in enumerate(parts) if glob.has_magic(part)), None)
+    name = parts[n - 1] if n else os.path.splitext(parts[-1])[0]
+    return name.lower() or "corpus"
+
+
+def resolve_files(patterns):
+    """Sorted file list for the globs, so the output does not depend on directory order."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+        if not matches:
+            raise SystemExit(f"no files match {pattern!r}: check the path (quote globs so the shell leaves them alone)")
+        files += matches
+    return sorted(set(files))
+
+
+_bad_bytes = [0]
+
+
+def _count_and_replace(err):
+    _bad_bytes[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error("prepare_count", _count_and_replace)
+
+
+def count_undecodable(path, chunk_size=1 << 24):
+    """Bytes of a file that are not UTF-8; datasets replaces them with U+FFFD, this counts them."""
+    _bad_bytes[0] = 0
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="prepare_count")
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            decoder.decode(chunk)
+    decoder.decode(b"", final=True)
+    return _bad_bytes[0]
+
+
+def load_corpus(args):
+    """-> (DatasetDict, description of the source for meta.json, number of undecodable bytes)"""
+    import datasets  # after argparse, so --help stays quick
+
+    if args.dataset:
+        path, kwargs = args.dataset, dict(name=args.config)
+        source = dict(dataset=args.dataset, config=args.config, text_column=args.text_column)
+        files = []
+    else:
+        files = resolve_files(args.files or args.jsonl)
+        # utf-8-sig drops a byte order mark; undecodable bytes become U+FFFD (counted below)
+        kwargs = dict(data_files=files, encoding="utf-8-sig", encoding_errors="replace")
+        if args.files:
+            path = "text"
+            kwargs["sample_by"] = "document" if args.doc_per_file else "paragraph"
+            source = dict(files=args.files, document="file" if args.doc_per_file else "paragraph")
+        else:
+            path = "json"
+            source = dict(jsonl=args.jsonl, text_column=args.text_column)
+        source.update(n_files=len(files), bytes=sum(os.path.getsize(f) for f in files))
+        if source["bytes"] == 0:
+            raise SystemExit(f"empty corpus: {' '.join(args.files or args.jsonl)} matches only empty files")
+    try:
+        num_proc = min(args.num_proc, len(files)) if files else args.num_proc  # Arrow conversion: a file per process
+        dd = datasets.load_dataset(path, **kwargs, cache_dir=args.cache_dir, num_proc=num_proc)
+    except Exception as e:  # offline, unknown name or config, malformed JSON: say which, then stop
+        while e.__cause__ is not None:  # datasets wraps the error that says what is wrong
+            e = e.__cause__
+        hint = ("; check the name, --config and your connection to huggingface.co (or use --files/--jsonl)"
+                if args.dataset else "")
+        raise SystemExit(f"could not load {args.dataset or ' '.join(args.files or args.jsonl)}: "
+                         f"{type(e).__name__}: {e}{hint}")
+    bad = {f: n for f in files if (n := count_undecodable(f))}
+    if bad:
+        print(f"warning: replaced {sum(bad.values())} undecodable bytes with U+FFFD in {len(bad)} file(s), "
+              f"e.g. {next(iter(bad))}")
+    return dd, source, sum(bad.values())
+
+
+def held_out(indices, fraction):
+    """Every 1/fraction-th document goes to validation: deterministic, spread evenly over the corpus,
+    whole documents only. floor(n * fraction) of the first n documents are held out."""
+    i = np.asarray(indices, dtype=np.float64)
+    return np.floor((i + 1) * fraction) > np.floor(i * fraction)
+
+
+def select_splits(dd, args):
+    """-> [(Dataset, fraction of its documents that go to val.bin)]"""
+    if args.split not in dd:
+        raise SystemExit(f"no split {args.split!r}; the dataset has {sorted(dd)}: pass --split")
+    own_val = bool(args.val_split) and args.val_split in dd
+    parts = [(dd[args.split], 0.0), (dd[args.val_split], 1.0)] if own_val else [(dd[args.split], args.val_fraction)]
+    for ds, _ in parts:
+        if args.text_column not in ds.column_names:
+            raise SystemExit(f"no column {args.text_column!r}; the dataset has {ds.column_names}: pass --text_column")
+        dtype = getattr(ds.features[args.text_column], "dtype", None)
+        if dtype not in ("string", "large_string"):
+            raise SystemExit(f"column {args.text_column!r} holds {ds.features[args.text_column]}, not text: "
+                             f"pass --text_column (columns: {ds.column_names})")
+    if not own_val:
+        print(f"no {args.val_split!r} split: holding out {args.val_fraction:.2%} of the documents for validation")
+    return parts
+
+
+_tok = None
+
+
+def tokenize_batch(batch, indices, text_column, val_fraction):
+    """datasets.map function: a pyarrow batch of documents -> one row per non-empty document, holding
+    its tokens followed by EOT, and whether it goes to validation."""
+    import pyarrow as pa
+
+    global _tok
+    if _tok is None:
+        _tok = GPT2Tokenizer()  # once per worker process
+    docs, kept = [], []
+    for i, text in zip(indices, batch.column(text_column).to_pylist()):
+        text = text.strip() if text else ""
+        if text:
+            ids = _tok.encode(text)  # encode_ordinary: "<|endoftext|>" or "[MASK]" in the text stays text
+            ids.append(EOT)
+            docs.append(ids)
+            kept.append(i)
+    # one flat array plus offsets: converting a list of lists to Arrow directly costs a third of the time
+    offsets = np.zeros(len(docs) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in docs], out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.uint16, count=int(offsets[-1]))
+    return pa.table({"ids": pa.ListArray.from_arrays(offsets, flat), "val": held_out(kept, val_fraction)})
+
+
+def tokenize(parts, args, cache_prefix):
+    tokenized = []
+    for k, (ds, fraction) in enumerate(parts):
+        tokenized.append(ds.with_format("arrow").map(
+            tokenize_batch, batched=True, with_indices=True, remove_columns=ds.column_names,
+            fn_kwargs=dict(text_column=args.text_column, val_fraction=fraction),
+            num_proc=min(args.num_proc, len(ds)) if len(ds) > 1 else None,
+            # a scratch file, deleted at the end, never a stale cache from another run
+            cache_file_name=f"{cache_prefix}{k}.arrow", load_from_cache_file=False,
+            desc=f"tokenizing {len(ds):,} rows"))
+    return tokenized
+
+
+def count_docs(tokenized, what):
+    import pyarrow.compute as pc
+
+    n_val = sum(pc.sum(t.data.column("val")).as_py() or 0 for t in tokenized)
+    n_docs = {"train": sum(len(t) for t in tokenized) - n_val, "val": n_val}
+    if n_docs["train"] + n_val == 0:
+        raise SystemExit(f"empty corpus: {what} holds no document with any text")
+    for s, hint in (("train", "lower"), ("val", "raise")):
+        if n_docs[s] == 0:
+            raise SystemExit(f"no {s} documents among the {n_docs['train'] + n_val} documents of {what}: "
+                             f"{hint} --val_fraction")
+    return n_docs
+
+
+def write_bins(tokenized, n_docs, tmp, batch_size=10_000):
+    """Stream the tokenised documents into the temporary train/val files, a batch at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from tqdm.auto import tqdm  # a dependency of datasets
+
+    bins = {s: open(tmp[f"{s}.bin"], "wb") for s in SPLITS}
+    offs = {s: np.lib.format.open_memmap(tmp[f"{s}_docs.npy"], mode="w+", dtype=np.int64, shape=(n_docs[s] + 1,))
+            for s in SPLITS}
+    n_tokens, row = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
+    with tqdm(total=sum(n_docs.values()), unit="docs", desc="writing") as bar:
+        for t in tokenized:
+            for batch in t.with_format("arrow").iter(batch_size=batch_size):
+                ids, is_val = batch.column("ids").combine_chunks(), batch.column("val").to_numpy()
+                for s, mask in (("train", ~is_val), ("val", is_val)):
+                    part = ids.filter(pa.array(mask))
+                    if len(part) == 0:
+                        continue
+                    flat = pc.list_flatten(part).to_numpy()
+                    flat.tofile(bins[s])
+                    ends = n_tokens[s] + np.cumsum(pc.list_value_length(part).to_numpy(), dtype=np.int64)
+                    offs[s][row[s] + 1: row[s] + 1 + len(part)] = ends
+                    n_tokens[s] += len(flat)
+                    row[s] += len(part)
+                bar.update(len(batch))
+    for s in SPLITS:
+        assert row[s] == n_docs[s] and offs[s][-1] == n_tokens[s]
+        offs[s].flush()
+        bins[s].flush()
+        os.fsync(bins[s].fileno())
+        bins[s].close()
+    del offs
+    return n_tokens
+
+
+def prepare(args):
+    t0 = time.time()
+    if any(os.path.exists(os.path.join(args.out_dir, f)) for f in OUTPUTS) and not args.overwrite:
+        raise SystemExit(f"{args.out_dir} already holds prepared data: pass --overwrite to replace it, "
+                         "or choose another --out_dir")
+    dd, source, bad_bytes = load_corpus(args)
+    parts = select_splits(dd, args)
+    source.update(split=args.split, val_split=args.val_split if len(parts) == 2 else None,
+                  val_fraction=None if len(parts) == 2 else args.val_fraction)
+    # everything unfinished lives in out_dir/.tmp (same file system, so os.replace is atomic)
+    scratch = os.path.join(args.out_dir, ".tmp")
+    os.makedirs(scratch, exist_ok=True)
+    tmp = {f: os.path.join(scratch, f) for f in OUTPUTS}
+    try:
+        t1 = time.time()
+        tokenized = tokenize(parts, args, os.path.join(scratch, "tokens"))
+        t2 = time.time()
+        n_rows = sum(len(ds) for ds, _ in parts)
+        n_docs = count_docs(tokenized, what=args.dataset or " ".join(args.files or args.jsonl))
+        n_tokens = write_bins(tokenized, n_docs, tmp)
+        meta = dict(
+            tokenizer=GPT2Tokenizer.name, vocab_size=VOCAB_SIZE, dtype="uint16",
+            special_ids=dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD),
+            train_tokens=n_tokens["train"], val_tokens=n_tokens["val"],  # EOTs included
+            train_docs=n_docs["train"], val_docs=n_docs["val"],
+            empty_docs_skipped=n_rows - n_docs["train"] - n_docs["val"],
+            undecodable_bytes_replaced=bad_bytes,
+            source=source,
+            layout="<split>.bin: doc EOT doc EOT ...; <split>_docs.npy: int64 offsets, document i is "
+                   "tokens [offs[i], offs[i+1]-1) and offs[i+1]-1 holds its EOT",
+        )
+        with open(tmp["meta.json"], "w") as f:
+            json.dump(meta, f, indent=2)
+            f.write("\n")
+        # meta.json goes first and comes back last: a folder with meta.json holds one complete run
+        if os.path.exists(os.path.join(args.out_dir, "meta.json")):
+            os.remove(os.path.join(args.out_dir, "meta.json"))
+        for f in OUTPUTS:
+            os.replace(tmp[f], os.path.join(args.out_dir, f))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    t3, total = time.time(), n_tokens["train"] + n_tokens["val"]
+    print(f"wrote {args.out_dir}: train {n_docs['train']:,} docs {n_tokens['train']:,} tokens, "
+          f"val {n_docs['val']:,} docs {n_tokens['val']:,} tokens")
+    print(f"{t3 - t0:.1f}s: loading {t1 - t0:.1f}s, tokenizing {t2 - t1:.1f}s ({total / (t2 - t1):,.0f} tokens/s "
+          f"with {args.num_proc} processes), writing {t3 - t2:.1f}s")
+    return meta
+
+
+def main(argv=None):
+    return prepare(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""prepare.py on small corpora made here: round trip, document index, split, determinism, bad input."""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripts live at the top level, nanoGPT style
+
+import prepare  # noqa: E402
+from tokenizer import CLS, EOT, MASK, PAD, SEP, GPT2Tokenizer  # noqa: E402
+
+OUTPUTS = ["train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "meta.json"]
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "naïve", "café", "日本語", "🙂", "<|endoftext|>", "[MASK]",
+         "don't", "42", "\t", "\n", "x" * 40]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return GPT2Tokenizer()
+
+
+def make_doc(rng, i):
+    # unique (so a document's position can be found), stripped, no blank line inside
+    return (f"doc {i}: " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))).strip()
+
+
+def write_paragraph_corpus(folder, n_files=3, docs_per_file=40, seed=0):
+    """-> (documents in order, rows as datasets reads them). Files hold paragraphs with ragged blank
+    lines and surrounding whitespace, plus whitespace-only paragraphs that must be skipped."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    docs, rows = [], []
+    for f in range(n_files):
+        parts = []
+        for _ in range(docs_per_file):
+            if rng.random() < 0.1:
+                parts.append(" \t ")
+                rows.append(" \t ")
+            docs.append(make_doc(rng, len(docs)))
+            parts.append(rng.choice(["", " ", "\n"]) + docs[-1] + rng.choice(["", "  ", "\t"]))
+            rows.append(docs[-1])
+        text = "".join(p + rng.choice(["\n\n", "\n\n\n\n"]) for p in parts)
+        (folder / f"part{f:02d}.txt").write_text(text, encoding="utf-8")
+    return docs, rows
+
+
+def run(tmp_path, *argv, out="out", num_proc=1):
+    out_dir = tmp_path / out
+    prepare.main([*map(str, argv), "--out_dir", str(out_dir), "--num_proc", str(num_proc),
+                  "--cache_dir", str(tmp_path / "hf_cache")])
+    return out_dir
+
+
+def read_split(out_dir, split, tok):
+    """-> (tokens, offsets, decoded documents)"""
+    data = np.memmap(out_dir / f"{split}.bin", dtype=np.uint16, mode="r")
+    offs = np.load(out_dir / f"{split}_docs.npy")
+    return data, offs, [tok.decode(data[a:b - 1]) for a, b in zip(offs[:-1], offs[1:])]
+
+
+def check_index(data, offs):
+    assert offs.dtype == np.int64 and offs[0] == 0 and offs[-1] == len(data)
+    assert np.all(np.diff(offs) >= 2)  # at least one token, then EOT
+    # EOT exactly at the end of every document and nowhere else (a literal "<|endoftext|>" is text)
+    np.testing.assert_array_equal(np.flatnonzero(data == EOT), offs[1:] - 1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("corpus")
+    docs, rows = write_paragraph_corpus(tmp / "txt")
+    out = run(tmp, "--files", tmp / "txt" / "*.txt", "--val_fraction", 0.1)
+    return tmp, out, docs, rows
+
+
+def test_round_trip_and_document_index(corpus, tok):
+    tmp, out, docs, rows = corpus
+    is_val = prepare.held_out(range(len(rows)), 0.1)
+    want = {"val": [r for r, v in zip(rows, is_val) if v and r.strip()],
+            "train": [r for r, v in zip(rows, is_val) if not v and r.strip()]}
+    for split in ("train", "val"):
+        data, offs, got = read_split(out, split, tok)
+        check_index(data, offs)
+        assert got == want[split]
+        assert tok.decode(data) == "".join(d + "<|endoftext|>" for d in want[split])
+
+
+def test_split_keeps_documents_whole(corpus, tok):
+    tmp, out, docs, rows = corpus
+    where = {d: i for i, d in enumerate(docs)}
+    train = [where[d] for d in read_split(out, "train", tok)[2]]
+    val = [where[d] for d in read_split(out, "val", tok)[2]]
+    assert sorted(train + val) == list(range(len(docs)))  # every document once, none cut or merged
+    assert train == sorted(train) and val == sorted(val)  # corpus order kept
+    assert len(val) == pytest.approx(0.1 * len(docs), abs=2)
+    assert val[0] > 0 and val[-1] > len(docs) // 2  # spread over the corpus, not a block at one end
+
+
+def test_meta(corpus):
+    tmp, out, docs, rows = corpus
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50304 and meta["dtype"] == "uint16"
+    assert meta["special_ids"] == dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD)
+    for split in ("train", "val"):
+        assert meta[f"{split}_tokens"] == os.path.getsize(out / f"{split}.bin") // 2
+        assert meta[f"{split}_docs"] == len(np.load(out / f"{split}_docs.npy")) - 1
+    assert meta["train_docs"] + meta["val_docs"] == len(docs)
+    assert meta["empty_docs_skipped"] == sum(not r.strip() for r in rows) > 0
+    assert meta["undecodable_bytes_replaced"] == 0
+    src = meta["source"]
+    assert src["files"] == [str(tmp / "txt" / "*.txt")] and src["document"] == "paragraph"
+    assert src["n_files"] == 3 and src["val_fraction"] == 0.1 and src["val_split"] is None
+    assert sorted(os.listdir(out)) == sorted(OUTPUTS)  # no temporary or scratch files left
+
+
+def test_deterministic_across_runs_and_processes(corpus):
+    tmp, out, docs, rows = corpus
+    # two more runs with 2 processes, the second with a fresh datasets cache
+    a = run(tmp, "--files", tmp / "txt" / "*.txt", "--val_fraction", 0.1, out="again", num_proc=2)
+    prepare.main(["--files", str(tmp / "txt" / "*.txt"), "--val_fraction", "0.1", "--num_proc", "2",
+                  "--out_dir", str(tmp / "fresh"), "--cache_dir", str(tmp / "other_cache")])
+    for f in OUTPUTS:
+        assert (out / f).read_bytes() == (a / f).read_bytes() == (tmp / "fresh" / f).read_bytes(), f
+
+
+def test_held_out():
+    assert prepare.held_out(range(1000), 0.01).sum() == 10
+    assert prepare.held_out(range(10), 0.0).sum() == 0 and prepare.held_out(range(10), 1.0).all()
+    np.testing.assert_array_equal(prepare.held_out([3, 9, 19], 0.1), [False, True, True])
+
+
+def test_jsonl(tmp_path, tok):
+    lines = [{"text": "first line\n\nsame document", "id": 1}, {"text": None, "id": 2}, {"id": 3},
+             {"text": "  <|endoftext|> stays text  ", "id": 4}, {"text": "naïve café 🙂", "id": 5},
+             {"text": "   ", "id": 6}, {"text": "last", "id": 7}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    out = run(tmp_path, "--jsonl", tmp_path / "*.jsonl", "--val_fraction", 0.5)
+    docs = [read_split(out, s, tok)[2] for s in ("train", "val")]
+    # rows 1, 3, 5 are held out (every 2nd), of which 1 and 5 are empty; a blank line inside a value stays
+    assert docs == [["first line\n\nsame document", "naïve café 🙂", "last"], ["<|endoftext|> stays text"]]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["empty_docs_skipped"] == 3 and meta["source"]["text_column"] == "text"
+
+
+def test_dataset_with_own_validation_split(tmp_path, tok):
+    # a dataset folder goes through the same load_dataset(name, config) call as a hub name
+    folder = tmp_path / "Stories"
+    folder.mkdir()
+    split_docs = {"train": [f"train story {i}." for i in range(20)], "validation": ["val one.", "val two."]}
+    for name, texts in split_docs.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"story": t}) + "\n" for t in texts))
+    out = run(tmp_path, "--dataset", folder, "--text_column", "story")
+    assert read_split(out, "train", tok)[2] == split_docs["train"]  # nothing held out of train
+    assert read_split(out, "val", tok)[2] == split_docs["validation"]
+    src = json.loads((out / "meta.json").read_text())["source"]
+    assert src["val_split"] == "validation" and src["val_fraction"] is None
+
+
+def test_doc_per_file(tmp_path, tok):
+    (tmp_path / "txt").mkdir()
+    texts = ["chapter one\n\nwith two paragraphs", "second file", "third\n\n\nfile"]
+    for i, t in enumerate(texts):
+        (tmp_path / "txt" / f"{i}.txt").write_text(t + "\n")
+    out = run(tmp_path, "--files", tmp_path / "txt" / "*.txt", "--doc_per_file", "--val_fraction", 0.34)
+    assert read_split(out, "train", tok)[2] + read_split(out, "val", tok)[2] == [texts[0], texts[1], texts[2]]
+    assert read_split(out, "val", tok)[2] == [texts[2]]
+
+
+def test_default_out_dir():
+    assert prepare.parse_args([]).dataset == "roneneldan/TinyStories"
+    assert prepare.parse_args([]).out_dir == os.path.join("data", "tinystories")  # config/bert_tiny.py
+    assert prepare.parse_args(["--files", "Corpus/**/*.txt"]).out_dir == os.path.join("data", "corpus")
+    assert prepare.parse_args(["--jsonl", "dump/wiki.jsonl"]).out_dir == os.path.join("data", "wiki")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_path(tmp_path):
+    with pytest.raises(SystemExit, match="no files match"):
+        run(tmp_path, "--files", tmp_path / "nowhere" / "*.txt")
+    with pytest.raises(SystemExit, match="could not load"):
+        run(tmp_path, "--dataset", tmp_path / "no_such_dataset")
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "zero.txt").write_text("")
+    with pytest.raises(SystemExit, match="empty corpus"):
+        run(tmp_path, "--files", tmp_path / "zero.txt")
+    (tmp_path / "blank.txt").write_text("  \n\n\t\n\n\n\n \n")
+    with pytest.raises(SystemExit, match="empty corpus"):
+        run(tmp_path, "--files", tmp_path / "blank.txt")
+    assert not (tmp_path / "out" / "train.bin").exists()
+
+
+def test_too_few_documents_for_a_split(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
+    with pytest.raises(SystemExit, match="no val documents.*raise --val_fraction"):
+        run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.01)
+
+
+def test_missing_or_wrong_column(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"body": "hello", "n": 1}\n{"body": "world", "n": 2}\n')
+    with pytest.raises(SystemExit, match=r"no column 'text'.*\['body', 'n'\].*--text_column"):
+        run(tmp_path, "--jsonl", tmp_path / "a.jsonl")
+    with pytest.raises(SystemExit, match="column 'n' holds .*not text"):
+        run(tmp_path, "--jsonl", tmp_path / "a.jsonl", "--text_column", "n")
+
+
+def test_malformed_json(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"text": "broken"\n')
+    with pytest.raises(SystemExit, match="could not load .*JSON parse error"):
+        run(tmp_path, "--jsonl", tmp_path / "a.jsonl")
+
+
+@pytest.mark.parametrize("kind", ["files", "jsonl"])
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path, tok, kind, capsys):
+    # 0xff and 0xfe are never UTF-8; 0xe2 0x82 is a cut-off 3-byte character: 4 bad bytes, 3 replacements
+    bad = b"caf\xff \xfe ok \xe2\x82 end"
+    if kind == "files":
+        (tmp_path / "a.txt").write_bytes(b"good one\n\n" + bad + b"\n\ngood two\n")
+    else:
+        (tmp_path / "a.txt").write_bytes(b'{"text": "good one"}\n{"text": "' + bad + b'"}\n{"text": "good two"}\n')
+    out = run(tmp_path, f"--{kind}", tmp_path / "a.txt", "--val_fraction", 0.34)
+    docs = read_split(out, "train", tok)[2] + read_split(out, "val", tok)[2]
+    assert docs == ["good one", "caf\ufffd \ufffd ok \ufffd end", "good two"]
+    assert json.loads((out / "meta.json").read_text())["undecodable_bytes_replaced"] == 4
+    assert "replaced 4 undecodable bytes" in capsys.readouterr().out
+
+
+def test_refuses_to_overwrite_bins(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
+    out = run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
+    before = (out / "train.bin").read_bytes()
+    (tmp_path / "a.txt").write_text("uno\n\ndos\n\ntres\n")
+    with pytest.raises(SystemExit, match="already holds prepared data.*--overwrite"):
+        run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
+    assert (out / "train.bin").read_bytes() == before
+    run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34, "--overwrite")
+    assert (out / "train.bin").read_bytes() != before
+
+
+def test_interrupted_run_leaves_no_bins(tmp_path, monkeypatch):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
+    real_write_bins = prepare.write_bins
+
+    def write_then_die(*args, **kwargs):
+        real_write_bins(*args, **kwargs)  # the temporary files are complete here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "write_bins", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
+    assert os.listdir(tmp_path / "out") == []  # no train.bin, and no temporary or scratch file left
+    # over an earlier run: the old files stay as they were
+    monkeypatch.setattr(prepare, "write_bins", real_write_bins)
+    out = run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
+    before = {f: (out / f).read_bytes() for f in OUTPUTS}
+    monkeypatch.setattr(prepare, "write_bins", write_then_die)
+    (tmp_path / "a.txt").write_text("uno\n\ndos\n\ntres\n")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34, "--overwrite")
+    assert {f: (out / f).read_bytes() for f in sorted(os.listdir(out))} == before
+
+
+def test_hub_unreachable_is_one_message(tmp_path):
+    # the real command line, offline: one line saying what to check, no traceback
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "prepare.py", "--out_dir", str(tmp_path / "out"),
+                        "--cache_dir", str(tmp_path / "hf_cache")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "could not load roneneldan/TinyStories" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
