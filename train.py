@@ -585,7 +585,8 @@ def main(argv=None):
             steps_logged += 1
 
             if step % cfg.log_interval == 0 or step == stop_at:
-                # the only host-device sync outside evaluation; all processes agree on NaN and on stopping
+                # with compile=True the only host-device sync outside evaluation (an eager model also syncs
+                # once per forward to check its token ids); all processes agree on NaN and on stopping
                 m = summarize(batch_metrics(mlm_logits, nsp_logits, last_batch, P))
                 flags = torch.tensor([stop.requested, not math.isfinite(loss.item())], dtype=torch.float32, device=device)
                 if ddp:
