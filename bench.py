@@ -20,6 +20,7 @@ import torch
 from configurator import configure
 from model import BertConfig, BertForPreTraining
 from tokenizer import MASK, N_TEXT, VOCAB_SIZE
+from train import keep_freed_memory
 
 # -----------------------------------------------------------------------------
 model = "tiny"          # tiny (2 x 128), small (4 x 512), base (12 x 768); n_layer etc. below override
@@ -99,6 +100,8 @@ def main():
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    if dev_type == "cpu":
+        keep_freed_memory()  # what train.py does on a CPU, for both models
     torch.manual_seed(seed)
     B, T = batch_size, block_size
     P = math.ceil(mask_prob * T)  # masked positions per row, the sparse MLM head's fixed width

@@ -494,6 +494,8 @@ def main(argv=None):
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
         torch.backends.cudnn.allow_tf32 = True
+    elif device_type == "cpu":
+        train.keep_freed_memory()
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
 
     model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)

@@ -1,6 +1,7 @@
 """train.py: masking, sentence pairs, the training loop, resume, DDP and bad input. CPU only."""
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -249,6 +250,34 @@ def test_device_and_precision_stand_ins():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with pytest.raises(SystemExit, match="dtype"):
         train.autocast_and_scaler("cpu", "float8")
+
+
+KEEP_FREED_PROBE = """
+import ctypes, sys, torch, train
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+kept = train.keep_freed_memory() if sys.argv[1] == "keep" else None
+x = torch.ones(2 ** 26); during = libc.mallinfo2(); del x; after = libc.mallinfo2()  # 256 MiB, then freed
+print(kept, during.hblkhd >> 20, during.arena >> 20, after.arena >> 20)  # MiB mmapped, heap, heap
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_keep_freed_memory():
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", KEEP_FREED_PROBE, mode], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+    # by default a 256 MiB tensor is a block of its own, mmapped and handed back when freed
+    kept, mmapped, heap, heap_after = probe("default")
+    assert int(mmapped) >= 256
+    # kept: it comes from the heap, and the heap keeps it after the tensor is gone, for the next step
+    kept, mmapped, heap, heap_after = probe("keep")
+    assert kept == "True" and int(mmapped) < 256 and int(heap) >= 256 and int(heap_after) >= 256
 
 
 # -----------------------------------------------------------------------------
