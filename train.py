@@ -275,14 +275,14 @@ def batch_metrics(mlm_logits, nsp_logits, batch, max_predictions):
     _, y = gather_masked(batch["mlm_labels"], max_predictions)  # (B, P), lined up with mlm_logits
     keep = y != -100
     mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
-    mlm_correct = (mlm_logits.argmax(-1) == y)[keep].sum()
+    mlm_correct = ((mlm_logits.argmax(-1) == y) & keep).sum()  # not [keep]: a masked select waits for the GPU
     sums = [mlm_loss, mlm_correct, keep.sum()]
     if batch["nsp_labels"] is None:
         sums += [torch.zeros((), device=y.device)] * 3
     else:
         z = batch["nsp_labels"]
         sums += [F.cross_entropy(nsp_logits.float(), z, reduction="sum"), (nsp_logits.argmax(-1) == z).sum(),
-                 torch.tensor(z.numel(), device=y.device)]
+                 torch.full((), z.numel(), device=y.device)]  # made on the device: no copy that waits
     return torch.stack([s.detach().float() for s in sums])
 
 
@@ -327,6 +327,9 @@ def pick_device(device="auto", local_rank=0):
         if torch.cuda.is_available():
             return f"cuda:{local_rank}"
         return "mps" if torch.backends.mps.is_available() else "cpu"
+    if device.startswith("cuda:") and "RANK" in os.environ:
+        raise SystemExit(f"device={device!r}: under torchrun every process takes the GPU of its LOCAL_RANK; use --device=cuda "
+                         "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"device={device!r} but torch sees no CUDA GPU; use --device=auto or --device=cpu")
     return f"cuda:{local_rank}" if device == "cuda" else device
@@ -484,6 +487,8 @@ def main(argv=None):
     ckpt = load_checkpoint(cfg.out_dir, map_location=device) if cfg.init_from == "resume" else None
     if ckpt is not None and ckpt.get("tokenizer") != GPT2Tokenizer.name:
         raise SystemExit(f"{cfg.out_dir}/ckpt.pt was trained with tokenizer {ckpt.get('tokenizer')!r}, not gpt2")
+    if ckpt is not None and ckpt["config"]["nsp"] != cfg.nsp:  # the optimizer state holds the NSP head only with NSP
+        raise SystemExit(f"{cfg.out_dir}/ckpt.pt was trained with nsp={ckpt['config']['nsp']}: resume with --nsp={ckpt['config']['nsp']}")
     model_config = BertConfig(**ckpt["model_config"]) if ckpt else BertConfig(
         block_size=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
@@ -492,6 +497,9 @@ def main(argv=None):
                          "positions: lower block_size" + ("" if ckpt else ", or raise max_positions"))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run
     raw_model = BertForPreTraining(model_config).to(device)
+    if not cfg.nsp:  # without NSP rows the pooler and NSP head get no gradient, which DDP does not allow: freeze them
+        raw_model.bert.pooler.requires_grad_(False)
+        raw_model.nsp.requires_grad_(False)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     step, best_val_loss = 0, float("inf")
     if ckpt:

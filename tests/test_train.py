@@ -237,10 +237,13 @@ def test_get_lr():
     assert train.get_lr(35, 1.0, 10, 110, 0.1, "cosine") > train.get_lr(35, 1.0, 10, 110, 0.1)
 
 
-def test_device_and_precision_stand_ins():
+def test_device_and_precision_stand_ins(monkeypatch):
     assert train.init_distributed() == (False, 0, 0, 1)
     assert train.pick_device("auto") in ("cpu", "mps") or train.pick_device("auto").startswith("cuda:")
     assert train.pick_device("cpu") == "cpu"
+    monkeypatch.setenv("RANK", "1")  # under torchrun, each process's GPU is its LOCAL_RANK's
+    with pytest.raises(SystemExit, match="use --device=cuda"):
+        train.pick_device("cuda:1", local_rank=1)
     ctx, scaler = train.autocast_and_scaler("cpu")
     assert not scaler.is_enabled()
     with ctx:
@@ -325,9 +328,20 @@ def test_short_run_lowers_val_loss(counting, tmp_path):
 
 def test_mlm_only_run(counting, tmp_path):
     out = tmp_path / "out"
-    train.main(tiny_run(counting, out, "--max_steps=4", "--eval_interval=4", "--nsp=False"))
+    model = train.main(tiny_run(counting, out, "--max_steps=4", "--eval_interval=4", "--nsp=False"))
     last = read_log(out)[-1]
     assert last["step"] == 4 and "val_mlm_loss" in last and "val_nsp_loss" not in last
+    # the pooler and NSP head, which MLM alone never trains, are frozen at their initial weights
+    fresh = train.main(tiny_run(counting, tmp_path / "fresh", "--max_steps=0", "--nsp=False"))
+    for name in ("bert.pooler.weight", "nsp.weight"):
+        assert not model.get_parameter(name).requires_grad
+        assert torch.equal(model.get_parameter(name), fresh.get_parameter(name))
+    assert not torch.equal(model.bert.wte.weight, fresh.bert.wte.weight)
+    # a resume keeps the setting; switching it says how to resume
+    train.main(tiny_run(counting, out, "--max_steps=6", "--eval_interval=4", "--nsp=False", "--init_from=resume"))
+    assert read_log(out)[-1]["step"] == 6
+    with pytest.raises(SystemExit, match="trained with nsp=False: resume with --nsp=False"):
+        train.main(tiny_run(counting, out, "--max_steps=8", "--init_from=resume"))
 
 
 def test_resume_is_exact(counting, tmp_path):
@@ -428,10 +442,12 @@ torch.save(model.state_dict(), os.path.join({out!r}, f"rank{{os.environ.get('RAN
 
 
 @pytest.mark.slow
-def test_ddp_matches_one_process(counting, tmp_path):
-    # the same global batch of 16 sequences: 2 processes x 1 micro-step, or 1 process x 2 micro-steps
+@pytest.mark.parametrize("nsp", [True, False])
+def test_ddp_matches_one_process(counting, tmp_path, nsp):
+    # the same global batch of 16 sequences: 2 processes x 1 micro-step, or 1 process x 2 micro-steps.
+    # Without NSP the pooler and NSP head get no gradient: DDP fails on step 2 unless they are frozen
     script = tmp_path / "run.py"
-    common = ("--max_steps=4", "--eval_interval=4", "--dropout=0.0", "--tokens_per_step=512")
+    common = ("--max_steps=4", "--eval_interval=4", "--dropout=0.0", "--tokens_per_step=512", f"--nsp={nsp}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for name, launcher in (("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]),
                            ("single", [sys.executable])):
