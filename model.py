@@ -15,8 +15,6 @@ import inspect
 import json
 import math
 import os
-import re
-import struct
 from dataclasses import dataclass, fields
 
 import torch
@@ -380,7 +378,7 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 def _read_safetensors(path):
     # the format: 8-byte little-endian header length, a JSON header, then the raw tensor bytes
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
         data = bytearray(f.read())
     sd = {}
@@ -402,31 +400,32 @@ def _read_hf_weights(folder):
     raise SystemExit(f"{folder} is not a BERT checkpoint folder: no model.safetensors or pytorch_model.bin")
 
 
-# HuggingFace name -> ours, applied in order; {i} is the layer. q, k and v are concatenated below.
-_HF_RENAMES = [
-    (r"bert\.embeddings\.word_embeddings\.", "bert.wte."),
-    (r"bert\.embeddings\.position_embeddings\.", "bert.wpe."),
-    (r"bert\.embeddings\.token_type_embeddings\.", "bert.wtt."),
-    (r"bert\.embeddings\.LayerNorm\.", "bert.ln_emb."),
-    (r"bert\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"bert.h.\1.attn.proj."),
-    (r"bert\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"bert.h.\1.ln_1."),
-    (r"bert\.encoder\.layer\.(\d+)\.intermediate\.dense\.", r"bert.h.\1.mlp.fc."),
-    (r"bert\.encoder\.layer\.(\d+)\.output\.dense\.", r"bert.h.\1.mlp.proj."),
-    (r"bert\.encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"bert.h.\1.ln_2."),
-    (r"bert\.pooler\.dense\.", "bert.pooler."),
-    (r"cls\.predictions\.transform\.dense\.", "mlm.dense."),
-    (r"cls\.predictions\.transform\.LayerNorm\.", "mlm.ln."),
-    (r"cls\.predictions\.bias", "mlm.bias"),
-    (r"cls\.seq_relationship\.", "nsp."),
-    (r"classifier\.", "classifier."),
-]
+# HuggingFace name prefix -> ours; {i} is the layer. q, k and v are concatenated below.
+_HF_RENAMES = {
+    "bert.embeddings.word_embeddings.": "bert.wte.",
+    "bert.embeddings.position_embeddings.": "bert.wpe.",
+    "bert.embeddings.token_type_embeddings.": "bert.wtt.",
+    "bert.embeddings.LayerNorm.": "bert.ln_emb.",
+    "bert.encoder.layer.{i}.attention.output.dense.": "bert.h.{i}.attn.proj.",
+    "bert.encoder.layer.{i}.attention.output.LayerNorm.": "bert.h.{i}.ln_1.",
+    "bert.encoder.layer.{i}.intermediate.dense.": "bert.h.{i}.mlp.fc.",
+    "bert.encoder.layer.{i}.output.dense.": "bert.h.{i}.mlp.proj.",
+    "bert.encoder.layer.{i}.output.LayerNorm.": "bert.h.{i}.ln_2.",
+    "bert.pooler.dense.": "bert.pooler.",
+    "cls.predictions.transform.dense.": "mlm.dense.",
+    "cls.predictions.transform.LayerNorm.": "mlm.ln.",
+    "cls.predictions.bias": "mlm.bias",
+    "cls.seq_relationship.": "nsp.",
+}
 
 
 def _rename_hf(hf, ours):
     """Map a HuggingFace BERT state dict onto our names; `ours` is the target model's state dict."""
     sd = {}
     for k, v in hf.items():
-        k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))  # LayerNorm names of old checkpoints
+        prefix, _, last = k.rpartition(".")
+        if last in ("gamma", "beta"):  # LayerNorm names of old checkpoints
+            k = prefix + (".weight" if last == "gamma" else ".bias")
         if k.startswith(("embeddings.", "encoder.", "pooler.")):
             k = "bert." + k  # a bare BertModel checkpoint
         if k.endswith(("position_ids", "token_type_ids")):
@@ -435,13 +434,15 @@ def _rename_hf(hf, ours):
             continue  # tied to the token embedding
         if k == "cls.predictions.decoder.bias":
             k = "cls.predictions.bias"  # the same tensor, saved twice by newer versions
-        for pattern, repl in _HF_RENAMES:
-            if re.match(pattern, k):
-                k = re.sub(pattern, repl, k, count=1)
+        i = k.split(".")[3] if k.startswith("bert.encoder.layer.") else None  # None matches no {i} prefix
+        for theirs, mine in _HF_RENAMES.items():
+            theirs, mine = theirs.format(i=i), mine.format(i=i)
+            if k.startswith(theirs):
+                k = mine + k.removeprefix(theirs)
                 break
         sd[k] = v
     # query, key and value become one (3C, C) matmul
-    for i in {int(m.group(1)) for k in sd if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.attention\.self\.", k))}:
+    for i in {k.split(".")[3] for k in sd if k.startswith("bert.encoder.layer.") and ".attention.self." in k}:
         for kind in ("weight", "bias"):
             parts = [sd.pop(f"bert.encoder.layer.{i}.attention.self.{n}.{kind}", None) for n in ("query", "key", "value")]
             if all(p is not None for p in parts):
