@@ -326,6 +326,17 @@ def test_short_run_lowers_val_loss(counting, tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
 
 
+@pytest.mark.slow
+def test_compiled_bf16_run(counting, tmp_path):
+    """The GPU recipe, torch.compile and bf16 autocast, on the CPU: it learns, and compiles one graph for
+    training and one for evaluation, never one per step."""
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
+        train.main(tiny_run(counting, tmp_path, "--max_steps=9", "--eval_interval=3", "--compile=True", "--dtype=bfloat16"))
+    evals = [r["val_loss"] for r in read_log(tmp_path) if "val_loss" in r]
+    assert len(evals) == 4 and evals[-1] < evals[0] - 0.3
+
+
 def test_mlm_only_run(counting, tmp_path):
     out = tmp_path / "out"
     model = train.main(tiny_run(counting, out, "--max_steps=4", "--eval_interval=4", "--nsp=False"))
