@@ -3,7 +3,8 @@ Training-step speed: forward, backward and optimizer step on a fixed synthetic p
 
     python bench.py                                   # bert_tiny shapes on this device
     python bench.py --model=small --compare_hf=True   # and transformers' BertForPreTraining, same run
-    python bench.py --model=base --batch_size=256 --compare_hf=True   # on a GPU: bf16, compiled
+    python bench.py --model=base --batch_size=256 --compile=True --compare_hf=True   # on a GPU: bf16
+    python bench.py --profile=True                    # and where our step's time goes, op by op
 
 Both models see identical shapes, vocabulary, batch, masking (mask_prob of each row, [MASK] inputs)
 and NSP labels, the same AdamW and the same precision. Warm-up steps (compilation included) are not
@@ -38,6 +39,7 @@ warmup = 3
 steps = 10
 compare_hf = False      # also time transformers' BertForPreTraining (test-only dependency)
 hf_compile = None       # compile transformers' model too; None: the same as compile
+profile = False         # also print where our step's time goes: the ops with the most self time
 seed = 1337
 # -----------------------------------------------------------------------------
 PRESETS = {"tiny": (2, 2, 128), "small": (4, 8, 512), "base": (12, 12, 768)}
@@ -74,6 +76,21 @@ def matmul_flops(dev, dt, sync, n=4096 if torch.cuda.is_available() else 2048):
     a, b = (torch.randn(n, n, device=dev, dtype=dt) for _ in range(2))
     t = time_steps(lambda: a @ b, sync, 2, 5)
     return 2 * n ** 3 / t
+
+
+def print_profile(step, sync, dev_type, n=3, top=15):
+    """The ops (CUDA kernels on a GPU) with the most self time in n steps, per step."""
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA if dev_type == "cuda" else ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+        sync()
+    self_time = (lambda e: e.self_device_time_total) if dev_type == "cuda" else (lambda e: e.self_cpu_time_total)
+    ops = sorted(prof.key_averages(), key=self_time, reverse=True)
+    total = sum(self_time(e) for e in ops)
+    print(f"profile: {total / n / 1000:.1f} ms of {dev_type} time per step; the ops with the most self time:")
+    for e in ops[:top]:
+        print(f"{self_time(e) / n / 1000:10.2f} ms {100 * self_time(e) / total:5.1f}% {e.count // n:4d}x  {e.key[:90]}")
 
 
 def peak_memory(dev_type):
@@ -126,7 +143,10 @@ def main():
         if dev_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t = time_steps(step, sync, warmup, steps)
-        return {"name": name, "ms": 1000 * t, "tok_s": B * T / t, "mem": peak_memory(dev_type)}
+        result = {"name": name, "ms": 1000 * t, "tok_s": B * T / t, "mem": peak_memory(dev_type)}
+        if profile and net is ours:
+            print_profile(step, sync, dev_type)
+        return result
 
     ours = BertForPreTraining(cfg)
     mlm_fraction = P / T
