@@ -120,7 +120,7 @@ def read_rows(path):
         raise SystemExit(f"{path}: unknown file type {ext!r}; use .csv with a header row, or .jsonl with "
                          "one JSON object per line")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Excel's "CSV UTF-8") is not text
             if ext == ".csv":
                 return list(csv.DictReader(f))
             rows = []
@@ -243,12 +243,13 @@ def encode(tok, texts, pairs, block_size):
 def length_grouped_batches(lengths, batch_size, rng=None):
     """Row indices in batches of similar length, so that padding each batch to its longest row costs
     little. With rng (training): shuffle, sort within windows of 100 batches, shuffle the batches; still
-    random enough for SGD. Without (evaluation): sorted by length."""
+    random enough for SGD. Every batch is full: len(lengths) % batch_size random rows sit the epoch out.
+    Without rng (evaluation): every row, sorted by length."""
     lengths = np.asarray(lengths)
     if rng is None:
         order = np.argsort(lengths, kind="stable")
     else:
-        order = rng.permutation(len(lengths))
+        order = rng.permutation(len(lengths))[:len(lengths) // batch_size * batch_size]
         window = 100 * batch_size
         for i in range(0, len(order), window):
             chunk = order[i:i + window]
@@ -547,7 +548,7 @@ def main(argv=None):
         if ddp:
             model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
         lengths = np.array([len(r) for r in data["train"]["ids"]])
-        steps_per_epoch = len(lengths) // cfg.batch_size  # each epoch drops its last, partial batch
+        steps_per_epoch = len(lengths) // cfg.batch_size  # full batches only: the remainder sits out at random
         if steps_per_epoch == 0:
             raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one batch "
                              f"(batch_size={cfg.batch_size})")
@@ -565,7 +566,7 @@ def main(argv=None):
             if cfg.freeze_encoder:
                 raw_model.bert.eval()  # frozen features: no dropout noise in them
             rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
-            for idx in length_grouped_batches(lengths, cfg.batch_size, rng)[:steps_per_epoch]:
+            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
                 idx = idx[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
                 lr = train.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
                 for group in optimizer.param_groups:

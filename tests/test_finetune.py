@@ -124,15 +124,19 @@ def test_length_grouped_batches():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 120, size=1000)
     batches = ft.length_grouped_batches(lengths, 16, np.random.default_rng(1))
-    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # every row once
+    assert [len(b) for b in batches] == [16] * 62  # full batches only: 1000 % 16 = 8 rows sit out
+    used = np.concatenate(batches)
+    assert len(set(used.tolist())) == 992  # no row twice
     padded = sum(len(b) * lengths[b].max() for b in batches)
     shuffled = rng.permutation(1000)
     padded_random = sum(16 * lengths[shuffled[i:i + 16]].max() for i in range(0, 1000, 16))
     assert padded < 0.7 * padded_random  # grouping by length saves padding
     again = ft.length_grouped_batches(lengths, 16, np.random.default_rng(2))
     assert [b.tolist() for b in again] != [b.tolist() for b in batches]  # a new order each epoch
+    assert set(range(1000)) - set(used.tolist()) != set(range(1000)) - set(np.concatenate(again).tolist())  # other rows sit out
     ordered = np.concatenate(ft.length_grouped_batches(lengths, 16))
-    assert (np.diff(lengths[ordered]) >= 0).all()  # evaluation: sorted by length
+    assert sorted(ordered.tolist()) == list(range(1000))  # evaluation: every row,
+    assert (np.diff(lengths[ordered]) >= 0).all()  # sorted by length
 
 
 def write_csv(path, rows):
@@ -158,6 +162,8 @@ def test_csv_and_jsonl_read_alike(tmp_path):
     path = write_jsonl(tmp_path / "n.jsonl", [{"t": "a", "y": 0.5}, {"t": "b", "y": 2}])
     texts, pairs, labels = ft.get_columns(ft.read_rows(path), path, "t", "", "y")
     assert pairs is None and labels == [0.5, 2] and ft.label_names_from(labels) is None  # JSON numbers stay numbers
+    (tmp_path / "bom.csv").write_bytes("\ufefftext,label\nhello,1\n".encode())  # Excel's "CSV UTF-8"
+    assert ft.read_rows(str(tmp_path / "bom.csv")) == [{"text": "hello", "label": "1"}]
     (tmp_path / "bad.jsonl").write_text('{"t": "a"}\n[1, 2]\n')
     with pytest.raises(SystemExit, match="line 2 is not a JSON object"):
         ft.read_rows(str(tmp_path / "bad.jsonl"))
