@@ -22,7 +22,6 @@ from the dataset's own validation split, or else every 1/val_fraction-th documen
 import argparse
 import codecs
 import glob
-import itertools
 import json
 import os
 import shutil
@@ -194,13 +193,14 @@ def tokenize_batch(batch, indices, text_column, val_fraction):
         if text:
             ids = _tok.encode(text)  # encode_ordinary: "<|endoftext|>" or "[MASK]" in the text stays text
             ids.append(EOT)
-            docs.append(ids)
+            docs.append(np.array(ids, dtype=np.uint16))  # 2 bytes a token from here on, not a Python int's ~30
             kept.append(i)
-    # one flat array plus offsets: converting a list of lists to Arrow directly costs a third of the time
-    offsets = np.zeros(len(docs) + 1, dtype=np.int32)
+    # one flat array plus offsets: converting a list of lists to Arrow directly costs a third of the time.
+    # int64 offsets: a batch of whole books (--doc_per_file) can hold more than 2**31 tokens
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.uint16, count=int(offsets[-1]))
-    return pa.table({"ids": pa.ListArray.from_arrays(offsets, flat), "val": held_out(kept, val_fraction)})
+    flat = np.concatenate(docs) if docs else np.zeros(0, dtype=np.uint16)
+    return pa.table({"ids": pa.LargeListArray.from_arrays(offsets, flat), "val": held_out(kept, val_fraction)})
 
 
 def tokenize(parts, args, cache_prefix):
