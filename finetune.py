@@ -485,133 +485,129 @@ def main(argv=None):
 
     # processes, device and precision: the same conventions as train.py
     ddp, rank, local_rank, world_size = train.init_distributed()
-    try:
-        master = rank == 0
-        log = print if master else (lambda *args: None)
-        if cfg.batch_size % world_size:
-            raise SystemExit(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({world_size})")
-        dev = train.pick_device(cfg.device, local_rank)
-        device_type = dev.split(":")[0]
-        ctx, scaler = train.autocast_and_scaler(device_type, cfg.dtype)
-        if device_type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
-            torch.backends.cudnn.allow_tf32 = True
-        elif device_type == "cpu":
-            train.keep_freed_memory()
-        torch.manual_seed(cfg.seed)  # the same fresh head on every process
+    master = rank == 0
+    log = print if master else (lambda *args: None)
+    if cfg.batch_size % world_size:
+        raise SystemExit(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({world_size})")
+    dev = train.pick_device(cfg.device, local_rank)
+    device_type = dev.split(":")[0]
+    ctx, scaler = train.autocast_and_scaler(device_type, cfg.dtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    elif device_type == "cpu":
+        train.keep_freed_memory()
+    torch.manual_seed(cfg.seed)  # the same fresh head on every process
 
-        model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)
-        data = {}
-        for split, rows in splits.items():
-            if rows is None or (cfg.eval_only and split == "train"):
-                continue
-            texts, pairs, labels = get_columns(rows, where[split], *cols[:2], "" if split == "test" else cols[2])
-            ids, starts, n_cut = encode(tok, texts, pairs, cfg.block_size)
-            labels = None if labels is None else label_ids(labels, names, where[split])
-            data[split] = {"ids": ids, "starts": starts, "labels": labels}
-            log(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
-                f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
-        log(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
-            f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters)")
-        model.to(dev)
-        raw_model = model  # the plain module, whose state_dict is saved
-        if ddp:
-            torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
+    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)
+    data = {}
+    for split, rows in splits.items():
+        if rows is None or (cfg.eval_only and split == "train"):
+            continue
+        texts, pairs, labels = get_columns(rows, where[split], *cols[:2], "" if split == "test" else cols[2])
+        ids, starts, n_cut = encode(tok, texts, pairs, cfg.block_size)
+        labels = None if labels is None else label_ids(labels, names, where[split])
+        data[split] = {"ids": ids, "starts": starts, "labels": labels}
+        log(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
+            f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
+    log(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
+        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters)")
+    model.to(dev)
+    raw_model = model  # the plain module, whose state_dict is saved
+    if ddp:
+        torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
 
-        def evaluate(m):
-            logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size)
-            return compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
+    def evaluate(m):
+        logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size)
+        return compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
 
-        def write_predictions(m):
-            values = predictions(predict(m, data["test"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size))
-            lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if regression else f"{i}\t{names[v]}"
-                                              for i, v in enumerate(values)]
-            os.makedirs(cfg.out_dir, exist_ok=True)
-            path = os.path.join(cfg.out_dir, "predictions.tsv")
-            _write_atomic(path, ("\n".join(lines) + "\n").encode())
-            log(f"wrote {len(values):,} test predictions to {path}")
+    def write_predictions(m):
+        values = predictions(predict(m, data["test"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size))
+        lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if regression else f"{i}\t{names[v]}"
+                                          for i, v in enumerate(values)]
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        path = os.path.join(cfg.out_dir, "predictions.tsv")
+        _write_atomic(path, ("\n".join(lines) + "\n").encode())
+        log(f"wrote {len(values):,} test predictions to {path}")
 
-        if cfg.eval_only:
-            scores = evaluate(model) if "val" in data else None
-            if scores:
-                log("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            if master and "test" in data:
-                write_predictions(model)
-            return {"val": scores}
-
-        if cfg.freeze_encoder:
-            model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
-        optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-        if cfg.compile:
-            model = torch.compile(model)
-        eval_model = model  # compiled but never DDP-wrapped: only the master evaluates
-        if ddp:
-            model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-        lengths = np.array([len(r) for r in data["train"]["ids"]])
-        steps_per_epoch = len(lengths) // cfg.batch_size  # full batches only: the remainder sits out at random
-        if steps_per_epoch == 0:
-            raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one batch "
-                             f"(batch_size={cfg.batch_size})")
-        max_steps = cfg.epochs * steps_per_epoch
-        warmup_steps = int(cfg.warmup_ratio * max_steps)
-        log(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.batch_size} rows ({world_size} process"
-            f"{'es' if world_size > 1 else ''} x {cfg.batch_size // world_size}); {warmup_steps:,} warmup steps, "
-            "then linear decay to 0"
-            + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
-
-        step, best, history = 0, None, []
-        t_log, steps_logged = time.time(), 0
-        for epoch in range(cfg.epochs):
-            model.train()
-            if cfg.freeze_encoder:
-                raw_model.bert.eval()  # frozen features: no dropout noise in them
-            rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
-            for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-                idx = idx[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
-                lr = train.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, types, mask = collate(data["train"], idx, tok.pad, cfg.block_size)
-                b = train.to_device(dict(idx=x, token_type_ids=types, attention_mask=mask,  # without waiting for the GPU
-                                         labels=torch.from_numpy(data["train"]["labels"][idx])), dev)
-                with ctx:
-                    _, loss = model(**b)
-                scaler.scale(loss).backward()
-                train.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
-                step += 1
-                steps_logged += 1
-                if step % cfg.log_interval == 0 or step == max_steps:
-                    dt = (time.time() - t_log) / steps_logged
-                    log(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
-                        f"{dt * 1000:.0f} ms/step")
-                    t_log, steps_logged = time.time(), 0
-            if not master:
-                continue  # on to the next epoch, where the first gradient all-reduce waits for the master
-            scores = evaluate(eval_model)
-            history.append(scores)
-            improved = best is None or scores[metric_name] > best
-            log(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
-                + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
-            if improved:
-                best = scores[metric_name]
-                os.makedirs(cfg.out_dir, exist_ok=True)
-                if vocab_folder:
-                    copy_vocabulary(vocab_folder, cfg.out_dir, tok)
-                train.save_checkpoint({
-                    "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
-                    "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
-                    "task": cfg.task or "custom", "tokenizer": tok.name, "init_from": cfg.init_from,
-                    "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
-                    "epoch": epoch + 1, "step": step, "config": settings,
-                }, os.path.join(cfg.out_dir, "ckpt.pt"))
-            t_log, steps_logged = time.time(), 0  # evaluation is not training time
+    if cfg.eval_only:
+        scores = evaluate(model) if "val" in data else None
+        if scores:
+            log("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if master and "test" in data:
-            raw_model.load_state_dict(train.load_checkpoint(cfg.out_dir)["model"])  # the best epoch predicts
-            write_predictions(eval_model)
-        return {"best": best, "metric": metric_name, "history": history}
-    finally:
-        if ddp:  # on every way out, errors included: NCCL wants its process group destroyed
-            torch.distributed.destroy_process_group()
+            write_predictions(model)
+        return {"val": scores}
+
+    if cfg.freeze_encoder:
+        model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if cfg.compile:
+        model = torch.compile(model)
+    eval_model = model  # compiled but never DDP-wrapped: only the master evaluates
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    lengths = np.array([len(r) for r in data["train"]["ids"]])
+    steps_per_epoch = len(lengths) // cfg.batch_size  # full batches only: the remainder sits out at random
+    if steps_per_epoch == 0:
+        raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one batch "
+                         f"(batch_size={cfg.batch_size})")
+    max_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = int(cfg.warmup_ratio * max_steps)
+    log(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.batch_size} rows ({world_size} process"
+        f"{'es' if world_size > 1 else ''} x {cfg.batch_size // world_size}); {warmup_steps:,} warmup steps, "
+        "then linear decay to 0"
+        + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
+
+    step, best, history = 0, None, []
+    t_log, steps_logged = time.time(), 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        if cfg.freeze_encoder:
+            raw_model.bert.eval()  # frozen features: no dropout noise in them
+        rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
+        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
+            idx = idx[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
+            lr = train.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, types, mask = collate(data["train"], idx, tok.pad, cfg.block_size)
+            b = train.to_device(dict(idx=x, token_type_ids=types, attention_mask=mask,  # without waiting for the GPU
+                                     labels=torch.from_numpy(data["train"]["labels"][idx])), dev)
+            with ctx:
+                _, loss = model(**b)
+            scaler.scale(loss).backward()
+            train.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
+            step += 1
+            steps_logged += 1
+            if step % cfg.log_interval == 0 or step == max_steps:
+                dt = (time.time() - t_log) / steps_logged
+                log(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
+                    f"{dt * 1000:.0f} ms/step")
+                t_log, steps_logged = time.time(), 0
+        if not master:
+            continue  # on to the next epoch, where the first gradient all-reduce waits for the master
+        scores = evaluate(eval_model)
+        history.append(scores)
+        improved = best is None or scores[metric_name] > best
+        log(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
+        if improved:
+            best = scores[metric_name]
+            os.makedirs(cfg.out_dir, exist_ok=True)
+            if vocab_folder:
+                copy_vocabulary(vocab_folder, cfg.out_dir, tok)
+            train.save_checkpoint({
+                "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
+                "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
+                "task": cfg.task or "custom", "tokenizer": tok.name, "init_from": cfg.init_from,
+                "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
+                "epoch": epoch + 1, "step": step, "config": settings,
+            }, os.path.join(cfg.out_dir, "ckpt.pt"))
+        t_log, steps_logged = time.time(), 0  # evaluation is not training time
+    if master and "test" in data:
+        raw_model.load_state_dict(train.load_checkpoint(cfg.out_dir)["model"])  # the best epoch predicts
+        write_predictions(eval_model)
+    return {"best": best, "metric": metric_name, "history": history}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, mic
 resumed run sees exactly the batches the uninterrupted run would have seen without saving any
 data-loader state. Dropout is re-seeded from the same numbers each step for the same reason.
 """
+import atexit
 import ctypes
 import json
 import math
@@ -310,14 +311,17 @@ def format_metrics(m, prefix=""):
 
 def init_distributed():
     """(ddp, rank, local_rank, world_size). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment,
-    one node or many) joins the process group; otherwise a single process: (False, 0, 0, 1)."""
+    one node or many) joins the process group, which is destroyed when the process exits, whichever
+    way it exits (NCCL asks for that); otherwise a single process: (False, 0, 0, 1)."""
     if "RANK" not in os.environ:
         return False, 0, 0, 1
     import torch.distributed as dist
     rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():  # a second main() in the same process keeps the group
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return True, rank, local_rank, world_size
 
 
@@ -636,8 +640,6 @@ def main(argv=None):
         stop.restore()
         if master:
             log_file.close()
-        if ddp:
-            dist.destroy_process_group()
     return raw_model
 
 
