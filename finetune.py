@@ -402,17 +402,20 @@ def _write_atomic(path, data):
 
 
 @torch.no_grad()
-def predict(model, data, batch_size, device, ctx, pad_id, block_size):
-    """Logits (N, n_labels) as float32 numpy, in row order."""
+def predict(model, data, batch_size, device, ctx, pad_id, block_size, rank=0, world_size=1):
+    """Logits (N, n_labels) as float32 numpy, in row order. With world_size > 1 (DDP) every process
+    scores a share of the batches, and every process gets all the logits back."""
     model.eval()
-    out = None
-    for idx in length_grouped_batches([len(r) for r in data["ids"]], batch_size):
+    out = np.zeros((len(data["ids"]), model.n_labels), dtype=np.float32)
+    for idx in length_grouped_batches([len(r) for r in data["ids"]], batch_size)[rank::world_size]:
         x, types, mask = (t.to(device) for t in collate(data, idx, pad_id, block_size))
         with ctx:
             logits, _ = model(x, types, mask)
-        if out is None:
-            out = np.zeros((len(data["ids"]), logits.size(1)), dtype=np.float32)
         out[idx] = logits.float().cpu().numpy()
+    if world_size > 1:
+        shares = [None] * world_size
+        torch.distributed.all_gather_object(shares, out)
+        out = np.sum(shares, axis=0)  # each row was scored by one process; the others hold exact zeros for it
     return out
 
 
@@ -517,11 +520,11 @@ def main(argv=None):
     if ddp:
         torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
 
-    def evaluate(m):
-        logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size)
+    def evaluate(m):  # on every process, each scoring its share
+        logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size, rank, world_size)
         return compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
 
-    def write_predictions(m):
+    def write_predictions(m):  # on the master alone
         values = predictions(predict(m, data["test"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size))
         lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if regression else f"{i}\t{names[v]}"
                                           for i, v in enumerate(values)]
@@ -543,7 +546,7 @@ def main(argv=None):
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if cfg.compile:
         model = torch.compile(model)
-    eval_model = model  # compiled but never DDP-wrapped: only the master evaluates
+    eval_model = model  # compiled but never DDP-wrapped: evaluation has no gradients to all-reduce
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     lengths = np.array([len(r) for r in data["train"]["ids"]])
@@ -584,8 +587,6 @@ def main(argv=None):
                 log(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
                     f"{dt * 1000:.0f} ms/step")
                 t_log, steps_logged = time.time(), 0
-        if not master:
-            continue  # on to the next epoch, where the first gradient all-reduce waits for the master
         scores = evaluate(eval_model)
         history.append(scores)
         improved = best is None or scores[metric_name] > best
@@ -593,6 +594,7 @@ def main(argv=None):
             + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
         if improved:
             best = scores[metric_name]
+        if improved and master:
             os.makedirs(cfg.out_dir, exist_ok=True)
             if vocab_folder:
                 copy_vocabulary(vocab_folder, cfg.out_dir, tok)

@@ -273,14 +273,20 @@ def test_eval_only_and_test_predictions(tmp_path, pretrained):
 
 
 def test_two_processes_share_each_batch(tmp_path, pretrained):
-    """torchrun with 2 CPU processes (gloo): each takes half of every batch, the master evaluates and saves."""
+    """torchrun with 2 CPU processes (gloo): each takes half of every batch and half of the validation
+    batches; the master logs and saves."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "finetune.py"), *FAST, f"--init_from={pretrained}", f"--out_dir={tmp_path / 'out'}",
            "--epochs=4", *files(tmp_path, "sentiment", "csv")]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "(2 processes x 16)" in run.stdout and run.stdout.count("val accuracy") == 4  # printed once, by the master
-    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["best_val_metric"] > 0.95
+    ckpt = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["best_val_metric"] > 0.95
+    # the two halves of the evaluation add up to what one process scores
+    val = files(tmp_path, "sentiment", "csv")[1]
+    scores = ft.main(["--eval_only=True", "--compile=False", "--device=cpu", f"--init_from={tmp_path / 'out'}", val])["val"]
+    assert scores == pytest.approx(ckpt["val_metrics"], abs=1e-6)
 
 
 def test_freeze_encoder_trains_the_head_only(tmp_path, pretrained, monkeypatch):
