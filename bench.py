@@ -117,15 +117,14 @@ def main():
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    if dev_type == "cpu":
-        keep_freed_memory()  # what train.py does on a CPU, for both models
+    kept = dev_type == "cpu" and keep_freed_memory()  # what train.py does on a CPU, for both models
     torch.manual_seed(seed)
     B, T = batch_size, block_size
     P = math.ceil(mask_prob * T)  # masked positions per row, the sparse MLM head's fixed width
     idx, types, labels, nsp = make_batch(B, T, P, torch.Generator().manual_seed(seed), device)
     print(f"{model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
           f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={compile}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads" + ("; malloc keeps freed memory" if kept else ""))
 
     def run(name, net, forward, compiled):
         net.to(device).train()

@@ -1,5 +1,6 @@
 """bench.py end to end on a very small shape: a smoke test of both code paths, no timing asserted."""
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ def test_bench_compare_hf_runs():
                           "--block_size=16", "--warmup=1", "--steps=2", "--compare_hf=True", "--profile=True"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    assert ("; malloc keeps freed memory" in out.stdout) == (platform.libc_ver()[0] == "glibc")  # as train.py on a CPU
     rows = re.findall(r"^\s*(nanoBERT|transformers \S+)\s+([\d.]+)\s+(\d+)\s+(n/a|[\d.]+%)\s+(\d+)$", out.stdout, re.M)
     assert [r[0].split()[0] for r in rows] == ["nanoBERT", "transformers"], out.stdout
     assert all(float(r[1]) > 0 and int(r[2]) > 0 for r in rows)
