@@ -21,7 +21,7 @@ import torch
 from configurator import configure
 from model import BertConfig, BertForPreTraining
 from tokenizer import MASK, N_TEXT, VOCAB_SIZE
-from train import keep_freed_memory
+from train import speed_settings
 
 # -----------------------------------------------------------------------------
 model = "tiny"          # tiny (2 x 128), small (4 x 512), base (12 x 768); n_layer etc. below override
@@ -115,9 +115,7 @@ def main():
     pt_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if pt_dtype == torch.float32 else torch.autocast(dev_type, dtype=pt_dtype)
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    kept = dev_type == "cpu" and keep_freed_memory()  # what train.py does on a CPU, for both models
+    kept = speed_settings(dev_type)  # as in train.py, for both models
     torch.manual_seed(seed)
     B, T = batch_size, block_size
     P = math.ceil(mask_prob * T)  # masked positions per row, the sparse MLM head's fixed width

@@ -495,11 +495,7 @@ def main(argv=None):
     dev = train.pick_device(cfg.device, local_rank)
     device_type = dev.split(":")[0]
     ctx, scaler = train.autocast_and_scaler(device_type, cfg.dtype)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
-        torch.backends.cudnn.allow_tf32 = True
-    elif device_type == "cpu":
-        train.keep_freed_memory()
+    train.speed_settings(device_type)
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
 
     model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)

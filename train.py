@@ -353,6 +353,15 @@ def keep_freed_memory():
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
 
 
+def speed_settings(device_type):
+    """The process-wide speed settings of train.py, finetune.py and bench.py: TF32 for the fp32 matmuls
+    outside autocast on a GPU; on a CPU, malloc keeps freed memory. Returns whether it does."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device_type == "cpu" and keep_freed_memory()
+
+
 def autocast_and_scaler(device_type, dtype="auto"):
     """The mixed-precision context for forward passes and the GradScaler for backward. 'auto': bf16 on
     GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU and MPS. The fp32 case gets
@@ -463,11 +472,7 @@ def main(argv=None):
     device = pick_device(cfg.device, local_rank)
     device_type = device.split(":")[0]
     ctx, scaler = autocast_and_scaler(device_type, cfg.dtype)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls outside autocast
-        torch.backends.cudnn.allow_tf32 = True
-    elif device_type == "cpu":
-        keep_freed_memory()
+    speed_settings(device_type)
 
     # the batch arithmetic: tokens_per_step = batch_size * block_size * grad_accum * world_size
     per_micro_step = cfg.batch_size * cfg.block_size * world_size
