@@ -10,18 +10,17 @@ Both models see identical shapes, vocabulary, batch, masking (mask_prob of each 
 and NSP labels, the same AdamW and the same precision. Warm-up steps (compilation included) are not
 timed; the reported time is the median of the timed steps.
 """
-import math
+import importlib.util
 import resource
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
-from configurator import configure
-from model import BertConfig, BertForPreTraining
+import runtime
+from configurator import read_settings, require
+from model import BertConfig, BertForPreTraining, max_predictions_for
 from tokenizer import MASK, N_TEXT, VOCAB_SIZE
-from train import speed_settings
 
 # -----------------------------------------------------------------------------
 model = "tiny"          # tiny (2 x 128), small (4 x 512), base (12 x 768); n_layer etc. below override
@@ -33,7 +32,7 @@ block_size = 128
 mask_prob = 0.15
 dropout = 0.1
 device = "auto"         # auto, cpu, cuda, mps
-dtype = "auto"          # auto: bf16 on cuda where supported, else fp32
+dtype = "auto"          # auto: bf16 on cuda where supported, else fp16 there; fp32 elsewhere
 compile = False         # torch.compile both models' forward
 warmup = 3
 steps = 10
@@ -99,29 +98,50 @@ def peak_memory(dev_type):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark, MiB
 
 
-def main():
-    global device, dtype
-    configure(globals())
-    if model not in PRESETS:
-        raise SystemExit(f"--model must be one of {', '.join(PRESETS)}, got {model!r}")
-    L, H, C = PRESETS[model]
-    cfg = BertConfig(block_size=max(block_size, 128), vocab_size=VOCAB_SIZE, n_layer=n_layer or L,
-                     n_head=n_head or H, n_embd=n_embd or C, dropout=dropout)
-    device = ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu") \
-        if device == "auto" else device
+def check_settings(cfg):
+    p = []
+    if cfg.model not in PRESETS:
+        p.append(f"model must be one of {', '.join(PRESETS)}, got {cfg.model!r}")
+    for name in ("batch_size", "block_size", "steps"):
+        if getattr(cfg, name) < 1:
+            p.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("n_layer", "n_head", "n_embd", "warmup"):
+        if getattr(cfg, name) < 0:
+            p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if not 0 < cfg.mask_prob <= 1:
+        p.append(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
+    if not 0 <= cfg.dropout < 1:
+        p.append(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.dtype not in runtime.DTYPES:
+        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_device(cfg.device))
+    if cfg.compare_hf and importlib.util.find_spec("transformers") is None:
+        p.append("compare_hf=True needs transformers (a test-only dependency): pip install transformers")
+    return p
+
+
+def main(argv=None):
+    c, _ = read_settings(globals(), argv)
+    require(check_settings(c))
+    L, H, C = PRESETS[c.model]
+    try:
+        cfg = BertConfig(max_positions=max(c.block_size, 128), vocab_size=VOCAB_SIZE, n_layer=c.n_layer or L,
+                         n_head=c.n_head or H, n_embd=c.n_embd or C, dropout=c.dropout)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    device = runtime.pick_device(c.device)
     dev_type = device.split(":")[0]
-    if dtype == "auto":
-        dtype = "bfloat16" if dev_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    pt_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    ctx = nullcontext() if pt_dtype == torch.float32 else torch.autocast(dev_type, dtype=pt_dtype)
+    ctx, _ = runtime.autocast_and_scaler(dev_type, c.dtype)  # no loss scaling: fp16 is timed as it would run
+    pt_dtype = getattr(ctx, "fast_dtype", torch.float32)
+    dtype = str(pt_dtype).removeprefix("torch.")
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
-    kept = speed_settings(dev_type)  # as in train.py, for both models
-    torch.manual_seed(seed)
-    B, T = batch_size, block_size
-    P = math.ceil(mask_prob * T)  # masked positions per row, the sparse MLM head's fixed width
-    idx, types, labels, nsp = make_batch(B, T, P, torch.Generator().manual_seed(seed), device)
-    print(f"{model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
-          f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={compile}, "
+    kept = runtime.speed_settings(dev_type)  # as in train.py, for both models
+    torch.manual_seed(c.seed)
+    B, T = c.batch_size, c.block_size
+    P = max_predictions_for(T, c.mask_prob)  # masked positions per row, the sparse MLM head's fixed width
+    idx, types, labels, nsp = make_batch(B, T, P, torch.Generator().manual_seed(c.seed), device)
+    print(f"{c.model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
+          f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={c.compile}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads" + ("; malloc keeps freed memory" if kept else ""))
 
     def run(name, net, forward, compiled):
@@ -139,25 +159,25 @@ def main():
 
         if dev_type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t = time_steps(step, sync, warmup, steps)
+        t = time_steps(step, sync, c.warmup, c.steps)
         result = {"name": name, "ms": 1000 * t, "tok_s": B * T / t, "mem": peak_memory(dev_type)}
-        if profile and net is ours:
+        if c.profile and net is ours:
             print_profile(step, sync, dev_type)
         return result
 
     ours = BertForPreTraining(cfg)
     mlm_fraction = P / T
-    results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2], compile)]
+    results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2], c.compile)]
     flops = ours.flops_per_token(T, mlm_fraction) * results[0]["tok_s"]
     results[0]["mfu"] = ours.estimate_mfu(results[0]["tok_s"], T, dev_type, mlm_fraction)
-    if compare_hf:
+    if c.compare_hf:
         import transformers  # test-only dependency, the reference we compare against
         hf_cfg = transformers.BertConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
                                          num_attention_heads=cfg.n_head, intermediate_size=cfg.ffn,
-                                         max_position_embeddings=cfg.block_size, hidden_dropout_prob=dropout,
-                                         attention_probs_dropout_prob=dropout, attn_implementation="sdpa")
+                                         max_position_embeddings=cfg.max_positions, hidden_dropout_prob=c.dropout,
+                                         attention_probs_dropout_prob=c.dropout, attn_implementation="sdpa")
         hf = transformers.BertForPreTraining(hf_cfg)
-        compiled = compile if hf_compile is None else hf_compile
+        compiled = c.compile if c.hf_compile is None else c.hf_compile
         name = f"transformers {transformers.__version__}{' compiled' if compiled else ''}"
         results.append(run(name, hf, lambda m: m(
             input_ids=idx, token_type_ids=types, labels=labels, next_sentence_label=nsp).loss, compiled))
@@ -167,7 +187,7 @@ def main():
     for r in results:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"{r['name']:>33} {r['ms']:9.1f} {r['tok_s']:10.0f} {mfu:>6} {r['mem']:9.0f}")
-    if compare_hf:
+    if c.compare_hf:
         print(f"speed-up over transformers: {results[0]['tok_s'] / results[1]['tok_s']:.2f}x")
     ceiling = matmul_flops(device, pt_dtype if dev_type == "cuda" else torch.float32, sync)
     print(f"model FLOP/s {flops / 1e12:.3f} T = {100 * flops / ceiling:.0f}% of a large {dtype} matmul "
@@ -175,4 +195,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run(main)

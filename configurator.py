@@ -3,15 +3,20 @@ Strict overrides for a script's settings, from Python config files and --key=val
 
     python train.py config/bert_tiny.py --batch_size=16 --compile=False
 
-A script keeps its settings as module globals and calls `configure(globals())` (or passes any dict
-of defaults). A config file is plain Python that assigns some of those names; a flag is
+A script keeps its settings as module globals, each with a comment, and reads the run's settings
+with `cfg, given = read_settings(globals(), argv)`; `--help` prints them with their defaults and
+comments. The script then checks the values (ranges, choices) in one function and passes what is
+wrong to `require`, so that every problem is reported at once, before any work starts. A config file is plain Python that assigns some of those names; a flag is
 `--key=value`, its value read with ast.literal_eval (a bare word that is not a Python literal is
 taken as a string). Every key must already exist, and every value must have the type of its
-default (an int is fine where a float is expected); anything else stops with a message that names
-the key.
+default (an int is fine where a float is expected), and None is only for settings whose default
+is None; anything else stops with a message that names the key.
 """
 import ast
+import io
 import sys
+import tokenize
+from types import SimpleNamespace
 
 
 _SETTING_TYPES = (bool, int, float, str, list, tuple, type(None))
@@ -22,8 +27,8 @@ def _check(key, value, defaults, where):
     if key not in known:
         raise SystemExit(f"{where}: unknown setting '{key}'. Known settings: {', '.join(known)}")
     default = defaults[key]
-    if default is None or value is None:
-        return value  # a None default takes any value, and any setting may be switched off with None
+    if default is None:
+        return value  # a None default takes any value
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
@@ -110,3 +115,67 @@ def configure(settings, argv=None):
                 settings[key] = _check(key, value, settings, f"config file {arg}")
                 changed.append(key)
     return changed
+
+
+# -----------------------------------------------------------------------------
+# The idiom of the scripts
+
+def _settings_in_source(path):
+    """The script's settings, in order: top-level `name = value` lines with a lower-case name, with the
+    comment at the end of the line and the section header (a comment line) above it."""
+    with open(path) as f:
+        source = f.read()
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = (tok.start[1], tok.string.lstrip("# ").rstrip())
+    out = []
+    lines = source.splitlines()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.islower() and not name.startswith("_"):
+                comment = [comments[n][1] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+                n = node.end_lineno + 1  # a comment continued on the lines below, indented
+                while n in comments and comments[n][0] > 0 and not lines[n - 1].lstrip().startswith(name):
+                    if lines[n - 1].lstrip().startswith("#") and comments[n][0] > 0:
+                        comment.append(comments[n][1])
+                        n += 1
+                    else:
+                        break
+                header = comments.get(node.lineno - 1)
+                header = header[1] if header and header[0] == 0 else None
+                out.append((name, " ".join(comment), header))
+    return out
+
+
+def read_settings(script_globals, argv=None):
+    """The settings of the script whose globals() these are, overridden by argv (config files and
+    --key=value flags; default sys.argv[1:]). Returns (cfg, given): a namespace of every setting, and
+    the names that argv set. `--help` prints the settings and exits."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    listed = _settings_in_source(script_globals["__file__"])
+    defaults = {name: script_globals[name] for name, _, _ in listed
+                if isinstance(script_globals.get(name), _SETTING_TYPES)}
+    if "--help" in argv or "-h" in argv:
+        doc = (script_globals.get("__doc__") or "").strip()
+        print(doc + "\n\nSettings (config files and --key=value flags override them):")
+        for name, comment, header in listed:
+            if name not in defaults:
+                continue
+            if header:
+                print(f"  # {header}")
+            print(f"  --{name}={defaults[name]!r}".ljust(36) + (f"  {comment}" if comment else ""))
+        sys.exit(0)
+    settings = dict(defaults)
+    given = configure(settings, argv)
+    return SimpleNamespace(**settings), set(given)
+
+
+def require(problems, what="settings"):
+    """Stop with one message that lists every problem found, or return when there are none."""
+    problems = [p for p in problems if p]
+    if len(problems) == 1:
+        raise SystemExit(problems[0])
+    if problems:
+        raise SystemExit(f"{len(problems)} problems with the {what}:\n" + "\n".join(f"  - {p}" for p in problems))

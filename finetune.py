@@ -6,36 +6,39 @@ Fine-tune BERT on a sentence or sentence-pair task: GLUE, AG News, IMDB, or your
     python finetune.py --task=reviews --train_file=train.csv --val_file=val.csv --text_column=review
     python finetune.py config/finetune_sst2.py --init_from=out-sst2 --eval_only=True
     torchrun --standalone --nproc_per_node=8 finetune.py config/finetune_mnli.py --init_from=out
+    python finetune.py --help                                                   # every setting
 
 Inputs are [CLS] A [SEP] B [SEP], token type 0 for A and 1 for B (Devlin et al. 2018, sec. 3). A pair
 longer than block_size loses tokens from its longer text first. Each batch is padded only to its own
 longest row, and rows of similar length are batched together. After every epoch the task's metric is
-computed on the validation split, and the best model so far is kept in out_dir/ckpt.pt.
+computed on the validation split, and the best model so far is kept in out_dir/ckpt.pt; out_dir/log.jsonl
+holds the training loss and the validation metrics.
 """
 import csv
 import json
+import math
 import os
 import time
 from collections import namedtuple
 from dataclasses import asdict, replace
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import runtime
 import tokenizer as tokenization
-import train
-from configurator import configure
+from configurator import read_settings, require
 from model import BertConfig, BertForSequenceClassification, resolve_checkpoint
 
 # -----------------------------------------------------------------------------
-# settings: override with config files and --key=value flags
-# the model: a folder holding our ckpt.pt (pretrained or fine-tuned), or a HuggingFace BERT (a hub
-# name such as bert-base-uncased, or a folder with config.json, the weights and vocab.txt)
-init_from = "out"
-out_dir = "out-finetune"
+# Settings: override with config files and --key=value flags
+# the model
+init_from = "out"          # our ckpt.pt's folder (pretrained or fine-tuned), or a HuggingFace BERT: a hub name such as bert-base-uncased, or a folder with config.json, the weights and vocab.txt
+out_dir = "out-finetune"   # where the best epoch's ckpt.pt, log.jsonl and predictions.tsv go
+overwrite = False          # let this run replace a fine-tuned checkpoint already in out_dir
 eval_only = False          # evaluate init_from (fine-tuned) on the validation split, predict the test split
+pooling = "auto"           # the sequence vector the classifier reads: 'cls' (BERT's pooled [CLS]), 'mean' (of the hidden states), or 'auto': the checkpoint's trained pooler for HuggingFace BERT, 'mean' for ours
 # the task: a name in TASKS (downloaded through `datasets`), or your own .csv / .jsonl files
 task = ""                  # with train_file: just a name for the run, stored in the checkpoint
 train_file = ""
@@ -44,12 +47,11 @@ test_file = ""             # needs no labels: predictions go to out_dir/predicti
 text_column = "text"
 text_pair_column = ""      # "" for single texts
 label_column = "label"
-label_type = "auto"        # auto: labels that are all numbers, one with a decimal point, mean regression;
-                           # anything else means classes. Or say "class" / "regression"
+label_type = "auto"        # auto: labels that are all numbers, one with a decimal point, mean regression; anything else means classes. Or say "class" / "regression"
 metric = ""                # the metric that picks the best checkpoint; "" for the task's own
 # optimization, after BERT's GLUE recipe (sec. 4.1): batch 32, lr 2e-5..5e-5, 3 epochs
-block_size = 128
-batch_size = 32            # examples per optimizer step, over all processes
+block_size = 128           # tokens per sequence at most, [CLS] and [SEP]s included
+examples_per_step = 32     # per optimizer step over all processes
 epochs = 3
 learning_rate = 2e-5
 warmup_ratio = 0.1         # share of all steps spent warming up; then linear decay to 0
@@ -60,14 +62,51 @@ grad_clip = 1.0            # 0 to turn off
 dropout = 0.1
 freeze_encoder = False     # linear probe: only the classifier trains, on the frozen encoder's output
 seed = 1337
-log_interval = 50
+log_interval = 50          # steps between log lines
 # system
 device = "auto"            # auto, cpu, cuda, cuda:1, mps
 dtype = "auto"             # auto (bf16 where the GPU has it, else fp16; fp32 on CPU), float32, bfloat16, float16
-compile = True
+compile = True             # torch.compile the model
 # -----------------------------------------------------------------------------
-SETTINGS = {k: v for k, v in globals().items() if k.islower() and not k.startswith("_")
-            and isinstance(v, (bool, int, float, str))}
+
+POOLING_OF_OURS = "cls"  # pooling='auto' for a checkpoint pretrained here
+FROM_CHECKPOINT = ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric")  # eval_only
+
+
+def check_settings(cfg, world_size=1):
+    """Everything wrong with the settings, as messages (empty when they are fine)."""
+    p = []
+    for name in ("examples_per_step", "epochs", "log_interval"):
+        if getattr(cfg, name) < 1:
+            p.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.block_size < 8:
+        p.append(f"block_size must be at least 8 ([CLS] A [SEP] B [SEP] and some text), got {cfg.block_size}")
+    if cfg.examples_per_step % world_size:
+        p.append(f"examples_per_step={cfg.examples_per_step} must be a multiple of the number of processes ({world_size})")
+    if not 0 < cfg.learning_rate < math.inf:
+        p.append(f"learning_rate must be positive and finite, got {cfg.learning_rate}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        p.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    for name in ("weight_decay", "grad_clip"):
+        if getattr(cfg, name) < 0:
+            p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2", "dropout"):
+        if not 0 <= getattr(cfg, name) < 1:
+            p.append(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.pooling not in ("auto", "cls", "mean"):
+        p.append(f"pooling must be 'auto', 'cls' or 'mean', got {cfg.pooling!r}")
+    if cfg.label_type not in ("auto", "class", "regression"):
+        p.append(f"label_type must be 'auto', 'class' or 'regression', got {cfg.label_type!r}")
+    if cfg.dtype not in runtime.DTYPES:
+        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_device(cfg.device))
+    p.append(runtime.check_writable(cfg.out_dir))
+    for name in ("train_file", "val_file", "test_file"):
+        path = getattr(cfg, name)
+        if path and not os.path.isfile(path):
+            p.append(f"{name}={path!r}: no such file")
+    return p
+
 
 # -----------------------------------------------------------------------------
 # Tasks. Every one has a "label" column; the test splits of GLUE are unlabelled.
@@ -175,8 +214,6 @@ def _number(v):
 
 def label_names_from(labels, label_type="auto"):
     """Class names in id order, or None for regression. Numeric class names sort by value ("2" < "10")."""
-    if label_type not in ("auto", "class", "regression"):
-        raise SystemExit(f"label_type must be 'auto', 'class' or 'regression', got {label_type!r}")
     numbers = [_number(v) for v in labels]
     written_as_float = any(isinstance(v, float) or (isinstance(v, str) and "." in v) for v in labels)
     if label_type == "regression" or (label_type == "auto" and None not in numbers and written_as_float):
@@ -260,16 +297,16 @@ def length_grouped_batches(lengths, batch_size, rng=None):
     return batches
 
 
-def collate(data, idx, pad_id, block_size):
-    """Token ids, token types and attention mask (B, T) for rows idx, padded to the longest row rounded
-    up to a multiple of 8 (tensor-core friendly, and few distinct shapes for torch.compile)."""
-    rows = [data["ids"][i] for i in idx]
-    T = max(len(r) for r in rows)
+def collate(data, rows, pad_id, block_size):
+    """Token ids, token types and attention mask (B, T) for the given row indices, padded to the longest
+    row rounded up to a multiple of 8 (tensor-core friendly, and few distinct shapes for torch.compile)."""
+    T = max(len(data["ids"][i]) for i in rows)
     T = min(-(-T // 8) * 8, block_size)
     x = np.full((len(rows), T), pad_id, dtype=np.int64)
     types = np.zeros((len(rows), T), dtype=np.int64)
     mask = np.zeros((len(rows), T), dtype=bool)
-    for r, (ids, start) in enumerate(zip(rows, (data["starts"][i] for i in idx))):
+    for r, i in enumerate(rows):
+        ids, start = data["ids"][i], data["starts"][i]
         x[r, :len(ids)] = ids
         types[r, start:len(ids)] = 1
         mask[r, :len(ids)] = True
@@ -342,35 +379,43 @@ def compute_metrics(pred, y, n_labels):
 # -----------------------------------------------------------------------------
 # The model
 
-def load_model(init_from, labels, n_labels, dropout, block_size):
+def is_our_checkpoint(init_from):
+    return os.path.isfile(os.path.join(init_from, "ckpt.pt")) or init_from.endswith(".pt")
+
+
+def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto"):
     """A BertForSequenceClassification with n_labels outputs starting from init_from, and the tokenizer
-    that belongs to it. The classifier head is kept only from a checkpoint fine-tuned on the same labels.
-    Returns (model, tokenizer, the folder of a WordPiece vocabulary or None for GPT-2's)."""
+    that belongs to it. The classifier head is kept only from a checkpoint fine-tuned on the same labels
+    (with the same pooling). Returns (model, tokenizer, the folder of a WordPiece vocabulary or None for GPT-2's)."""
     if is_our_checkpoint(init_from):
-        ckpt = train.load_checkpoint(init_from)
-        folder = init_from if os.path.isdir(init_from) else os.path.dirname(init_from)
-        folder = None if ckpt.get("tokenizer", "gpt2") == "gpt2" else folder  # fine-tuned from HF: vocab.txt beside it
+        ckpt = runtime.load_checkpoint(init_from)
+        folder = os.path.dirname(runtime.checkpoint_path(init_from))
+        folder = None if ckpt["tokenizer"] == "gpt2" else folder  # fine-tuned from HF: vocab.txt beside it
         config = BertConfig(**ckpt["model_config"])
-        same_head = ckpt.get("n_labels") == n_labels and ckpt.get("labels") == labels
+        if pooling == "auto":  # a fine-tuned checkpoint keeps its own
+            pooling = ckpt.get("pooling", POOLING_OF_OURS)
+        same_head = ckpt.get("n_labels") == n_labels and ckpt.get("labels") == labels and ckpt.get("pooling") == pooling
         keep = ("bert.", "classifier.") if same_head else ("bert.",)
         weights = {k: v for k, v in ckpt["model"].items() if k.startswith(keep)}
-        if not weights:
-            raise SystemExit(f"{init_from} holds no BERT encoder weights (no 'bert.*' keys)")
     else:
         if os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, "config.json")):
             raise SystemExit(f"{init_from} holds neither ckpt.pt (ours, from train.py) nor config.json (a HuggingFace "
                              "BERT): point init_from at one of those")
-        folder = resolve_checkpoint(init_from)  # a hub name is downloaded; offline it says so
-        hf = BertForSequenceClassification.from_pretrained(folder, n_labels=n_labels)  # says if the head is fresh
+        try:
+            folder = resolve_checkpoint(init_from)  # a hub name is downloaded; offline it says so
+            hf = BertForSequenceClassification.from_pretrained(folder, n_labels=n_labels)  # says if the head is fresh
+        except (ValueError, ImportError) as e:
+            raise SystemExit(str(e))
         config, weights = hf.config, hf.state_dict()
+        pooling = "cls" if pooling == "auto" else pooling  # BERT's trained pooler, as in the paper
     tok = tokenization.get_tokenizer(folder)
     if tok.vocab_size > config.vocab_size:
         raise SystemExit(f"{init_from}: its tokenizer ({tok.name}) has {tok.vocab_size} ids but the model's embedding "
                          f"table only {config.vocab_size} rows: the weights and the vocabulary do not belong together. "
                          "A HuggingFace folder needs its own vocab.txt; our checkpoints use GPT-2's (vocab_size=50304)")
-    if block_size > config.block_size:
-        raise SystemExit(f"block_size={block_size} is longer than {init_from} has positions for ({config.block_size})")
-    model = BertForSequenceClassification(replace(config, dropout=dropout), n_labels)
+    if block_size > config.max_positions:
+        raise SystemExit(f"block_size={block_size} is longer than {init_from} has positions for ({config.max_positions})")
+    model = BertForSequenceClassification(replace(config, dropout=dropout), n_labels, pooling)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # a shape that differs
@@ -381,24 +426,13 @@ def load_model(init_from, labels, n_labels, dropout, block_size):
     return model, tok, folder
 
 
-def is_our_checkpoint(init_from):
-    return os.path.isfile(os.path.join(init_from, "ckpt.pt")) or init_from.endswith(".pt")
-
-
 def copy_vocabulary(folder, out_dir, tokenizer):
     """Keep a WordPiece vocabulary beside the fine-tuned checkpoint, so out_dir is self-contained."""
     with open(os.path.join(folder, "vocab.txt"), "rb") as f:
-        files = {"vocab.txt": f.read()}
+        runtime.write_bytes(os.path.join(out_dir, "vocab.txt"), f.read())
     # the casing the tokenizer settled on, written down even where the folder only implied it
-    files["tokenizer_config.json"] = json.dumps({"do_lower_case": tokenizer.lowercase}).encode()
-    for name, data in files.items():
-        _write_atomic(os.path.join(out_dir, name), data)
-
-
-def _write_atomic(path, data):
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
+    runtime.write_bytes(os.path.join(out_dir, "tokenizer_config.json"),
+                        json.dumps({"do_lower_case": tokenizer.lowercase}).encode())
 
 
 @torch.no_grad()
@@ -407,11 +441,11 @@ def predict(model, data, batch_size, device, ctx, pad_id, block_size, rank=0, wo
     scores a share of the batches, and every process gets all the logits back."""
     model.eval()
     out = np.zeros((len(data["ids"]), model.n_labels), dtype=np.float32)
-    for idx in length_grouped_batches([len(r) for r in data["ids"]], batch_size)[rank::world_size]:
-        x, types, mask = (t.to(device) for t in collate(data, idx, pad_id, block_size))
+    for rows in length_grouped_batches([len(r) for r in data["ids"]], batch_size)[rank::world_size]:
+        x, types, mask = (t.to(device) for t in collate(data, rows, pad_id, block_size))
         with ctx:
             logits, _ = model(x, types, mask)
-        out[idx] = logits.float().cpu().numpy()
+        out[rows] = logits.float().cpu().numpy()
     if world_size > 1:
         shares = [None] * world_size
         torch.distributed.all_gather_object(shares, out)
@@ -423,82 +457,88 @@ def predictions(logits):
     return logits[:, 0] if logits.shape[1] == 1 else logits.argmax(1)
 
 
-# -----------------------------------------------------------------------------
+def write_predictions(path, values, names):
+    """index<TAB>prediction per test row: the class name, or the score of a regression."""
+    lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if names is None else f"{i}\t{names[v]}"
+                                      for i, v in enumerate(values)]
+    runtime.write_bytes(path, ("\n".join(lines) + "\n").encode())
 
-def main(argv=None):
-    """Run with settings from argv (default sys.argv[1:]). Returns a summary dict (tests use it)."""
-    settings = dict(SETTINGS)
-    changed = configure(settings, argv)
-    if settings["eval_only"]:
-        if not is_our_checkpoint(settings["init_from"]):
-            raise SystemExit("eval_only evaluates a model fine-tuned by finetune.py: set init_from to its out_dir")
-        ckpt = train.load_checkpoint(settings["init_from"])
-        if "n_labels" not in ckpt:
-            raise SystemExit(f"{settings['init_from']} is a pretraining checkpoint: fine-tune it first, eval_only "
-                             "needs a trained head")
-        # evaluate the way it was trained, unless told otherwise; your own files replace a named task's data
-        own_files = any(k.endswith("_file") for k in changed) and ckpt["config"]["task"] in TASKS
-        for k in ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric"):
-            if k not in changed and not (k == "task" and own_files):
-                settings[k] = ckpt["config"][k]
-        if "out_dir" not in changed:  # predictions go beside the checkpoint
-            settings["out_dir"] = settings["init_from"] if os.path.isdir(settings["init_from"]) else \
-                os.path.dirname(settings["init_from"])
-    cfg = SimpleNamespace(**settings)
 
-    # the data, as far as it can be read before the tokenizer is known; every check comes before any write
+def read_splits(cfg):
+    """The task's rows as far as they can be read before the tokenizer is known: (splits, where each split
+    came from, (text, pair, label) columns, class names or None, metric name)."""
     if cfg.task in TASKS:
         if cfg.train_file or cfg.val_file or cfg.test_file:
             raise SystemExit(f"task={cfg.task!r} is a named task: leave train_file, val_file and test_file empty, "
                              "or give your own files another task name")
         splits, names = read_task(cfg.task)
         spec = TASKS[cfg.task]
-        cols = (spec.text, spec.pair, "label")
-        where = {s: f"{cfg.task} {s} split" for s in splits}
-        metric_name, regression = cfg.metric or spec.metric, names is None
-    elif cfg.train_file or cfg.val_file or cfg.test_file:
-        paths = {"train": "" if cfg.eval_only else cfg.train_file, "val": cfg.val_file, "test": cfg.test_file}
-        if not cfg.eval_only and not (cfg.train_file and cfg.val_file):
-            raise SystemExit("fine-tuning on your own files needs train_file, and val_file to pick the best epoch")
-        splits = {s: read_rows(p) if p else None for s, p in paths.items()}
-        cols, where = (cfg.text_column, cfg.text_pair_column, cfg.label_column), paths
-        if not cfg.eval_only:
-            names = label_names_from(get_columns(splits["train"], cfg.train_file, *cols)[2], cfg.label_type)
-        else:
-            names = None  # the checkpoint's
-        metric_name, regression = cfg.metric, names is None
-    else:
+        return splits, {s: f"{cfg.task} {s} split" for s in splits}, (spec.text, spec.pair, "label"), names, \
+            cfg.metric or spec.metric
+    if not (cfg.train_file or cfg.val_file or cfg.test_file):
         raise SystemExit(f"set task to one of {', '.join(TASKS)}, or set train_file and val_file to your own "
                          ".csv / .jsonl files")
+    paths = {"train": "" if cfg.eval_only else cfg.train_file, "val": cfg.val_file, "test": cfg.test_file}
+    if not cfg.eval_only and not (cfg.train_file and cfg.val_file):
+        raise SystemExit("fine-tuning on your own files needs train_file, and val_file to pick the best epoch")
+    splits = {s: read_rows(p) if p else None for s, p in paths.items()}
+    cols = (cfg.text_column, cfg.text_pair_column, cfg.label_column)
+    names = None  # eval_only: the checkpoint's
+    if not cfg.eval_only:
+        names = label_names_from(get_columns(splits["train"], cfg.train_file, *cols)[2], cfg.label_type)
+    return splits, paths, cols, names, cfg.metric
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    """Run with settings from argv (default sys.argv[1:]). Returns a summary dict (tests use it)."""
+    cfg, given = read_settings(globals(), argv)
+    ddp, rank, local_rank, world_size = runtime.init_distributed()
+    master = rank == 0
+    say = print if master else (lambda *args, **kwargs: None)
+    require(check_settings(cfg, world_size))
+    ckpt = None
+    if cfg.eval_only:  # evaluate the way it was trained, unless told otherwise
+        if not is_our_checkpoint(cfg.init_from):
+            raise SystemExit("eval_only evaluates a model fine-tuned by finetune.py: set init_from to its out_dir")
+        ckpt = runtime.load_checkpoint(cfg.init_from, kinds=("finetuning",))
+        own_files = any(k.endswith("_file") for k in given) and ckpt["config"]["task"] in TASKS
+        for k in FROM_CHECKPOINT:  # your own files replace a named task's data
+            if k not in given and not (k == "task" and own_files):
+                setattr(cfg, k, ckpt["config"][k])
+        if "out_dir" not in given:  # predictions go beside the checkpoint
+            cfg.out_dir = os.path.dirname(runtime.checkpoint_path(cfg.init_from))
+    elif is_our_checkpoint(cfg.init_from) and \
+            os.path.realpath(cfg.out_dir) == os.path.realpath(os.path.dirname(runtime.checkpoint_path(cfg.init_from))):
+        raise SystemExit(f"out_dir is init_from's folder ({cfg.out_dir}): fine-tuning would overwrite the "
+                         "checkpoint it starts from. Choose another out_dir")
+    elif not cfg.overwrite:
+        runtime.refuse_overwrite(os.path.join(cfg.out_dir, "ckpt.pt"), "a checkpoint")
+
+    # the data, as far as it can be read before the tokenizer is known; every check comes before any write
+    splits, where, cols, names, metric_name = read_splits(cfg)
     if cfg.eval_only:  # the checkpoint, not the data, fixes the labels and their ids
         if cfg.task in TASKS and ckpt["labels"] != names:
             raise SystemExit(f"{cfg.init_from} was fine-tuned on labels {ckpt['labels']}, but {cfg.task} has {names}")
-        names, regression = ckpt["labels"], ckpt["n_labels"] == 1
+        names = ckpt["labels"]
         del ckpt
-    elif is_our_checkpoint(cfg.init_from):
-        init_folder = cfg.init_from if os.path.isdir(cfg.init_from) else os.path.dirname(cfg.init_from)
-        if os.path.realpath(cfg.out_dir) == os.path.realpath(init_folder):
-            raise SystemExit(f"out_dir is init_from's folder ({cfg.out_dir}): fine-tuning would overwrite the "
-                             "checkpoint it starts from. Choose another out_dir")
+    regression = names is None
     n_labels = 1 if regression else len(names)
     metric_name = metric_name or ("spearman" if regression else "accuracy")  # BERT reports STS-B in Spearman
     known = ["pearson", "spearman"] if regression else ["accuracy", "f1", "mcc"] if n_labels == 2 else ["accuracy", "mcc"]
     if metric_name not in known:
         raise SystemExit(f"metric={metric_name!r} does not apply to this task; choose one of {', '.join(known)}")
 
-    # processes, device and precision: the same conventions as train.py
-    ddp, rank, local_rank, world_size = train.init_distributed()
-    master = rank == 0
-    log = print if master else (lambda *args: None)
-    if cfg.batch_size % world_size:
-        raise SystemExit(f"batch_size={cfg.batch_size} must be a multiple of the number of processes ({world_size})")
-    dev = train.pick_device(cfg.device, local_rank)
+    # processes, device and precision
+    dev = runtime.pick_device(cfg.device, local_rank)
     device_type = dev.split(":")[0]
-    ctx, scaler = train.autocast_and_scaler(device_type, cfg.dtype)
-    train.speed_settings(device_type)
+    ctx, scaler = runtime.autocast_and_scaler(device_type, cfg.dtype)
+    runtime.speed_settings(device_type)
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
 
-    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size)
+    # the model and the tokenized splits
+    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling)
     data = {}
     for split, rows in splits.items():
         if rows is None or (cfg.eval_only and split == "train"):
@@ -507,34 +547,25 @@ def main(argv=None):
         ids, starts, n_cut = encode(tok, texts, pairs, cfg.block_size)
         labels = None if labels is None else label_ids(labels, names, where[split])
         data[split] = {"ids": ids, "starts": starts, "labels": labels}
-        log(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
+        say(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
             f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
-    log(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
-        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters)")
+    say(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
+        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters, "
+        f"{model.pooling} pooling)")
     model.to(dev)
     raw_model = model  # the plain module, whose state_dict is saved
-    if ddp:
-        torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
-
-    def evaluate(m):  # on every process, each scoring its share
-        logits = predict(m, data["val"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size, rank, world_size)
-        return compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
-
-    def write_predictions(m):  # on the master alone
-        values = predictions(predict(m, data["test"], cfg.batch_size, dev, ctx, tok.pad, cfg.block_size))
-        lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if regression else f"{i}\t{names[v]}"
-                                          for i, v in enumerate(values)]
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        path = os.path.join(cfg.out_dir, "predictions.tsv")
-        _write_atomic(path, ("\n".join(lines) + "\n").encode())
-        log(f"wrote {len(values):,} test predictions to {path}")
-
+    pred_args = (cfg.examples_per_step, dev, ctx, tok.pad, cfg.block_size)
+    os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.eval_only:
-        scores = evaluate(model) if "val" in data else None
-        if scores:
-            log("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        scores = None
+        if "val" in data:
+            logits = predict(model, data["val"], *pred_args, rank, world_size)
+            scores = compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
+            say("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if master and "test" in data:
-            write_predictions(model)
+            write_predictions(os.path.join(cfg.out_dir, "predictions.tsv"),
+                              predictions(predict(model, data["test"], *pred_args)), names)
+            say(f"wrote {len(data['test']['ids']):,} test predictions to {cfg.out_dir}/predictions.tsv")
         return {"val": scores}
 
     if cfg.freeze_encoder:
@@ -545,18 +576,21 @@ def main(argv=None):
     eval_model = model  # compiled but never DDP-wrapped: evaluation has no gradients to all-reduce
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
     lengths = np.array([len(r) for r in data["train"]["ids"]])
-    steps_per_epoch = len(lengths) // cfg.batch_size  # full batches only: the remainder sits out at random
+    steps_per_epoch = len(lengths) // cfg.examples_per_step  # full batches only: the remainder sits out at random
     if steps_per_epoch == 0:
-        raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one batch "
-                         f"(batch_size={cfg.batch_size})")
+        raise SystemExit(f"the training data ({len(lengths)} rows) is smaller than one step "
+                         f"(examples_per_step={cfg.examples_per_step})")
     max_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_ratio * max_steps)
-    log(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.batch_size} rows ({world_size} process"
-        f"{'es' if world_size > 1 else ''} x {cfg.batch_size // world_size}); {warmup_steps:,} warmup steps, "
-        "then linear decay to 0"
-        + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
+    say(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.examples_per_step} rows ({world_size} process"
+        f"{'es' if world_size > 1 else ''} x {cfg.examples_per_step // world_size}); {warmup_steps:,} warmup steps, "
+        "then linear decay to 0" + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "w") if master else None
 
+    # the loop: an evaluation after every epoch; the best epoch is saved
     step, best, history = 0, None, []
     t_log, steps_logged = time.time(), 0
     for epoch in range(cfg.epochs):
@@ -564,49 +598,65 @@ def main(argv=None):
         if cfg.freeze_encoder:
             raw_model.bert.eval()  # frozen features: no dropout noise in them
         rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
-        for idx in length_grouped_batches(lengths, cfg.batch_size, rng):
-            idx = idx[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
-            lr = train.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
+        for rows in length_grouped_batches(lengths, cfg.examples_per_step, rng):
+            rows = rows[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
+            lr = runtime.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, types, mask = collate(data["train"], idx, tok.pad, cfg.block_size)
-            b = train.to_device(dict(idx=x, token_type_ids=types, attention_mask=mask,  # without waiting for the GPU
-                                     labels=torch.from_numpy(data["train"]["labels"][idx])), dev)
+            x, types, mask = collate(data["train"], rows, tok.pad, cfg.block_size)
+            b = runtime.to_device(dict(idx=x, token_type_ids=types, attention_mask=mask,  # without waiting for the GPU
+                                       labels=torch.from_numpy(data["train"]["labels"][rows])), dev)
             with ctx:
                 _, loss = model(**b)
             scaler.scale(loss).backward()
-            train.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
+            runtime.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
             step += 1
             steps_logged += 1
             if step % cfg.log_interval == 0 or step == max_steps:
+                loss_value = loss.item()  # the one sync between evaluations
+                if not math.isfinite(loss_value):
+                    raise SystemExit(f"loss is {loss_value} at step {step}: training diverged. "
+                                     f"{ckpt_path if best is not None else 'Nothing'} is kept as it was; lower learning_rate")
                 dt = (time.time() - t_log) / steps_logged
-                log(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss.item():.4f}, lr {lr:.2e}, "
-                    f"{dt * 1000:.0f} ms/step")
+                say(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/step")
+                if master:
+                    log_file.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr}) + "\n")
+                    log_file.flush()
                 t_log, steps_logged = time.time(), 0
-        scores = evaluate(eval_model)
+        if not runtime.all_finite(raw_model):  # the same weights on every process: all of them stop
+            raise SystemExit(f"the weights hold NaN/inf after epoch {epoch + 1}: training diverged. "
+                             f"{ckpt_path if best is not None else 'Nothing'} is kept as it was; lower learning_rate")
+        scores = compute_metrics(predictions(predict(eval_model, data["val"], *pred_args, rank, world_size)),
+                                 data["val"]["labels"], n_labels)
         history.append(scores)
         improved = best is None or scores[metric_name] > best
-        log(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
+        say(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
             + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
         if improved:
             best = scores[metric_name]
+        if master:
+            log_file.write(json.dumps({"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
+            log_file.flush()
         if improved and master:
-            os.makedirs(cfg.out_dir, exist_ok=True)
             if vocab_folder:
                 copy_vocabulary(vocab_folder, cfg.out_dir, tok)
-            train.save_checkpoint({
-                "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
+            runtime.save_checkpoint({
+                "kind": "finetuning", "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
                 "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
-                "task": cfg.task or "custom", "tokenizer": tok.name, "init_from": cfg.init_from,
-                "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
-                "epoch": epoch + 1, "step": step, "config": settings,
-            }, os.path.join(cfg.out_dir, "ckpt.pt"))
+                "pooling": raw_model.pooling, "task": cfg.task or "custom", "tokenizer": tok.name,
+                "init_from": cfg.init_from, "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
+                "epoch": epoch + 1, "step": step, "config": vars(cfg),
+            }, ckpt_path)
         t_log, steps_logged = time.time(), 0  # evaluation is not training time
+    if master:
+        log_file.close()
     if master and "test" in data:
-        raw_model.load_state_dict(train.load_checkpoint(cfg.out_dir)["model"])  # the best epoch predicts
-        write_predictions(eval_model)
+        raw_model.load_state_dict(runtime.load_checkpoint(ckpt_path)["model"])  # the best epoch predicts
+        write_predictions(os.path.join(cfg.out_dir, "predictions.tsv"),
+                          predictions(predict(eval_model, data["test"], *pred_args)), names)
+        say(f"wrote {len(data['test']['ids']):,} test predictions to {cfg.out_dir}/predictions.tsv")
     return {"best": best, "metric": metric_name, "history": history}
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run(main)

@@ -10,12 +10,13 @@ References:
 3) huggingface/transformers modeling_bert.py, the reference this file is tested against (1e-5, fp32)
 
 Only torch and the standard library are imported here; the hub download is imported where used.
+Bad arguments and unusable checkpoint folders raise ValueError, with a message that says what to do.
 """
 import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 @dataclass
 class BertConfig:
-    block_size: int = 512       # max sequence length (position embeddings)
+    max_positions: int = 512    # the longest sequence: rows of the position embedding
     vocab_size: int = 50304     # GPT-2's 50257 + [CLS] [SEP] [MASK] [PAD], padded to a multiple of 64
     n_layer: int = 12
     n_head: int = 12
@@ -37,7 +38,8 @@ class BertConfig:
 
     def __post_init__(self):
         self.ffn = self.ffn or 4 * self.n_embd
-        assert self.n_embd % self.n_head == 0, "n_embd must be a multiple of n_head"
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
 
 
 # -----------------------------------------------------------------------------
@@ -143,12 +145,12 @@ class _Base(nn.Module):
         prefixes = ("mlm.", "nsp.", "classifier.")  # the heads; everything else is the encoder
         missing, unused = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
         if [k for k in missing if not k.startswith(prefixes)]:
-            raise SystemExit(f"{folder}: encoder weights missing from the checkpoint: {missing[:5]} ...")
+            raise ValueError(f"{folder}: encoder weights missing from the checkpoint: {missing[:5]} ...")
         if [k for k in unused if not k.startswith(prefixes)]:
-            raise SystemExit(f"{folder}: checkpoint weights that BERT does not have: {unused[:5]} ...")
+            raise ValueError(f"{folder}: checkpoint weights that BERT does not have: {unused[:5]} ...")
         for k in set(sd) & set(ours):
             if sd[k].shape != ours[k].shape:
-                raise SystemExit(f"{folder}: {k} has shape {tuple(sd[k].shape)}, the config gives {tuple(ours[k].shape)}")
+                raise ValueError(f"{folder}: {k} has shape {tuple(sd[k].shape)}, the config gives {tuple(ours[k].shape)}")
         with torch.no_grad():
             for k in set(sd) & set(ours):
                 ours[k].copy_(sd[k])
@@ -162,17 +164,17 @@ class _Base(nn.Module):
 class BertModel(_Base):
     """The encoder: embeddings, n_layer blocks, and the pooler (dense + tanh on [CLS])."""
 
-    def __init__(self, config):
+    def __init__(self, config, init_weights=True):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)       # token
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)       # absolute position
+        self.wpe = nn.Embedding(config.max_positions, config.n_embd)       # absolute position
         self.wtt = nn.Embedding(config.type_vocab_size, config.n_embd)  # token type (segment)
         self.ln_emb = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.pooler = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        if type(self) is BertModel:
+        if init_weights:  # False inside a model with heads, which initialises everything once
             self.apply(self._init_weights)
 
     def forward(self, idx, token_type_ids=None, attention_mask=None):
@@ -196,8 +198,8 @@ class BertModel(_Base):
         c = self.config
         if idx.dim() != 2:
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
-        if idx.size(1) > c.block_size:
-            raise ValueError(f"sequence of {idx.size(1)} tokens is longer than block_size {c.block_size}; truncate it")
+        if idx.size(1) > c.max_positions:
+            raise ValueError(f"sequence of {idx.size(1)} tokens is longer than max_positions {c.max_positions}; truncate it")
         if idx.numel() and (idx.min() < 0 or idx.max() >= c.vocab_size):
             raise ValueError(f"token ids must lie in [0, {c.vocab_size}), got [{idx.min().item()}, {idx.max().item()}]: "
                              "is the tokenizer the one this model was trained with?")
@@ -208,18 +210,20 @@ class BertModel(_Base):
     def sentence_embedding(self, idx, token_type_ids=None, attention_mask=None, pooling="cls"):
         """One vector per sequence: the pooled [CLS] vector ("cls"), or the mean of the hidden states
         over real tokens ("mean"), which is usually the better sentence embedding without fine-tuning."""
-        hidden, pooled = self(idx, token_type_ids, attention_mask)
-        if pooling == "cls":
-            return pooled
-        if pooling != "mean":
+        if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        w = torch.ones_like(idx) if attention_mask is None else attention_mask
-        w = w.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+        hidden, pooled = self(idx, token_type_ids, attention_mask)
+        return pooled if pooling == "cls" else mean_pool(hidden, attention_mask)
 
 
 # -----------------------------------------------------------------------------
 # Heads
+
+def max_predictions_for(block_size, mask_prob):
+    """The static number of MLM predictions per row (BERT's max_predictions_per_seq): the head runs on
+    this many positions, and masking never chooses more."""
+    return math.ceil(mask_prob * block_size)
+
 
 def gather_masked(labels, n):
     """The first n positions of each row whose label is not -100, in position order, and their labels
@@ -248,7 +252,7 @@ class BertForPreTraining(_Base):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.bert = BertModel(config)
+        self.bert = BertModel(config, init_weights=False)
         self.mlm = MLMHead(config)
         self.nsp = nn.Linear(config.n_embd, 2)  # label 0: B follows A (IsNext), 1: B is random
         self.apply(self._init_weights)
@@ -276,19 +280,26 @@ class BertForPreTraining(_Base):
 
 
 class BertForSequenceClassification(_Base):
-    """The pooled [CLS] vector into n_labels classes, or one number when n_labels is 1 (regression)."""
+    """A sequence vector into n_labels classes, or one number when n_labels is 1 (regression). The vector
+    is BERT's pooled [CLS] ("cls", as in the paper and in HuggingFace checkpoints), or the mean of the
+    hidden states over real tokens ("mean"), which needs no pretrained pooler."""
 
-    def __init__(self, config, n_labels=2):
+    def __init__(self, config, n_labels=2, pooling="cls"):
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.config = config
         self.n_labels = n_labels
-        self.bert = BertModel(config)
+        self.pooling = pooling
+        self.bert = BertModel(config, init_weights=False)
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.n_embd, n_labels)
         self.apply(self._init_weights)
 
     def forward(self, idx, token_type_ids=None, attention_mask=None, labels=None):
-        _, pooled = self.bert(idx, token_type_ids, attention_mask)
+        hidden, pooled = self.bert(idx, token_type_ids, attention_mask)
+        if self.pooling == "mean":
+            pooled = mean_pool(hidden, attention_mask)
         logits = self.classifier(self.drop(pooled))
         loss = None
         if labels is not None and self.n_labels == 1:
@@ -298,25 +309,33 @@ class BertForSequenceClassification(_Base):
         return logits, loss
 
 
+def mean_pool(hidden, attention_mask=None):
+    """(B, T, C) hidden states -> (B, C), the mean over real tokens (attention_mask 1), or over all."""
+    if attention_mask is None:
+        return hidden.mean(1)
+    w = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * w).sum(1) / w.sum(1).clamp(min=1)
+
+
 # -----------------------------------------------------------------------------
 # Speed: peak FLOPs of known devices, for MFU
 
-PEAK_BF16_FLOPS = {  # dense tensor-core bf16, from the vendors' data sheets
-    "H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "GH200": 989e12,
-    "A100": 312e12, "A10G": 70e12, "A10": 125e12, "L40S": 362e12, "L4": 121e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12,
+PEAK_BF16_FLOPS = {  # dense tensor-core bf16 from the vendors' data sheets, by torch.cuda.get_device_name()
+    "NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA GH200 480GB": 989e12,
+    "NVIDIA H100 NVL": 835e12, "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12, "NVIDIA A10G": 70e12, "NVIDIA A10": 125e12,
+    "NVIDIA L40S": 362e12, "NVIDIA L40": 181e12, "NVIDIA L4": 121e12,
+    "NVIDIA GeForce RTX 4090": 165e12, "NVIDIA GeForce RTX 3090": 71e12,
 }
 
 
 def peak_flops(device_type):
-    """bf16 peak of the current CUDA device, or None (CPU, MPS, or a GPU not in the table)."""
+    """bf16 peak of the current CUDA device, or None (CPU, MPS, or a GPU not in the table: exact names
+    only, since "NVIDIA L4" is a substring of "NVIDIA L40S" and an H100 PCIe is not an H100 SXM)."""
     if device_type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name()
-    for key, flops in PEAK_BF16_FLOPS.items():  # more specific names come first
-        if key in name:
-            return flops
-    return None
+    return PEAK_BF16_FLOPS.get(torch.cuda.get_device_name().strip())
 
 
 # -----------------------------------------------------------------------------
@@ -327,11 +346,11 @@ def resolve_checkpoint(name_or_path):
     if os.path.isdir(name_or_path):
         return name_or_path
     if name_or_path.startswith((".", "/", "~")) or os.path.exists(name_or_path):
-        raise SystemExit(f"{name_or_path} is not a checkpoint folder")
+        raise ValueError(f"{name_or_path} is not a checkpoint folder")
     try:
         from huggingface_hub import hf_hub_download  # only needed for hub names; comes with `datasets`
     except ImportError:
-        raise SystemExit(f"{name_or_path} is not a local folder, and downloading from the hub needs "
+        raise ImportError(f"{name_or_path} is not a local folder, and downloading from the hub needs "
                          "huggingface_hub: pip install huggingface_hub")
     try:
         config = hf_hub_download(name_or_path, "config.json")
@@ -345,7 +364,7 @@ def resolve_checkpoint(name_or_path):
         except Exception:
             hf_hub_download(name_or_path, "pytorch_model.bin")
     except Exception as e:
-        raise SystemExit(f"could not get '{name_or_path}' from the HuggingFace hub ({type(e).__name__}). "
+        raise ValueError(f"could not get '{name_or_path}' from the HuggingFace hub ({type(e).__name__}). "
                          "Check the name, or, offline, pass a local folder holding config.json and "
                          "model.safetensors or pytorch_model.bin")
     return os.path.dirname(config)
@@ -354,21 +373,21 @@ def resolve_checkpoint(name_or_path):
 def _config_from_hf(folder):
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
-        raise SystemExit(f"{folder} is not a BERT checkpoint folder: it has no config.json")
+        raise ValueError(f"{folder} is not a BERT checkpoint folder: it has no config.json")
     with open(path) as f:
         hf = json.load(f)
     if hf.get("model_type", "bert") != "bert":
-        raise SystemExit(f"{folder} holds a '{hf['model_type']}' model, not BERT")
+        raise ValueError(f"{folder} holds a '{hf['model_type']}' model, not BERT")
     if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
-        raise SystemExit(f"{folder}: only exact GELU and absolute positions are supported, as in BERT")
+        raise ValueError(f"{folder}: only exact GELU and absolute positions are supported, as in BERT")
     try:
-        return BertConfig(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+        return BertConfig(max_positions=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
                           n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
                           n_embd=hf["hidden_size"], ffn=hf["intermediate_size"],
                           type_vocab_size=hf.get("type_vocab_size", 2), dropout=hf.get("hidden_dropout_prob", 0.1),
                           layer_norm_eps=hf.get("layer_norm_eps", 1e-12), bias=True)
     except KeyError as e:
-        raise SystemExit(f"{path} lacks {e}: not a BERT config")
+        raise ValueError(f"{path} lacks {e}: not a BERT config")
 
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -397,7 +416,7 @@ def _read_hf_weights(folder):
         return _read_safetensors(os.path.join(folder, "model.safetensors"))
     if os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
         return torch.load(os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True)
-    raise SystemExit(f"{folder} is not a BERT checkpoint folder: no model.safetensors or pytorch_model.bin")
+    raise ValueError(f"{folder} is not a BERT checkpoint folder: no model.safetensors or pytorch_model.bin")
 
 
 # HuggingFace name prefix -> ours; {i} is the layer. q, k and v are concatenated below.
@@ -448,7 +467,28 @@ def _rename_hf(hf, ours):
             if all(p is not None for p in parts):
                 sd[f"bert.h.{i}.attn.qkv.{kind}"] = torch.cat(parts)
             elif any(p is not None for p in parts):
-                raise SystemExit(f"layer {i}: the checkpoint holds only some of query/key/value {kind}")
+                raise ValueError(f"layer {i}: the checkpoint holds only some of query/key/value {kind}")
     if not any(k.startswith("bert.") for k in ours):  # loading into a bare BertModel
         sd = {k.removeprefix("bert."): v for k, v in sd.items()}
     return sd
+
+
+def to_hf_state_dict(sd):
+    """The inverse of loading: our BertForPreTraining or BertForSequenceClassification state dict under
+    HuggingFace's names, as transformers saves it (q, k and v apart; no decoder weight or bias, which
+    transformers ties to the token embedding and to cls.predictions.bias). Tensors are views of ours."""
+    hf = {}
+    for k, v in sd.items():
+        i = k.split(".")[2] if k.startswith("bert.h.") else None  # None matches no {i} prefix
+        prefix, _, kind = k.rpartition(".")
+        if prefix == f"bert.h.{i}.attn.qkv":
+            for name, part in zip(("query", "key", "value"), v.chunk(3)):
+                hf[f"bert.encoder.layer.{i}.attention.self.{name}.{kind}"] = part
+            continue
+        for theirs, mine in _HF_RENAMES.items():
+            theirs, mine = theirs.format(i=i), mine.format(i=i)
+            if k.startswith(mine):
+                k = theirs + k.removeprefix(mine)
+                break
+        hf[k] = v  # classifier.* has the same name in both
+    return hf

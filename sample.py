@@ -10,24 +10,29 @@ With GPT-2 BPE a [MASK] stands for one whole token including the space before it
 token), exactly as in pretraining: "the [MASK] sat" is encoded as "the", [MASK], " sat".
 """
 import argparse
+import glob
+import os
 
 import torch
 
+import runtime
 import tokenizer as tokenization
 from model import BertConfig, BertForPreTraining, resolve_checkpoint
-from train import load_checkpoint
 
 
 def load_model(out_dir="out", init_from=None, device="cpu"):
     """Our checkpoint in out_dir, or a HuggingFace BERT (hub name or local folder) if init_from is set.
     Returns (model in eval mode on device, the tokenizer that matches it)."""
     if init_from:
-        folder = resolve_checkpoint(init_from)  # downloads a hub name; clear error offline
-        model = BertForPreTraining.from_pretrained(folder)
+        try:
+            folder = resolve_checkpoint(init_from)  # downloads a hub name; clear error offline
+            model = BertForPreTraining.from_pretrained(folder)
+        except (ValueError, ImportError) as e:
+            raise SystemExit(str(e))
         tok = tokenization.get_tokenizer(folder)
     else:
-        ckpt = load_checkpoint(out_dir, map_location="cpu")
-        if ckpt.get("tokenizer", "gpt2") != "gpt2":
+        ckpt = runtime.load_checkpoint(out_dir, kinds=("pretraining",))  # a fine-tuned model has no MLM head
+        if ckpt["tokenizer"] != "gpt2":
             raise SystemExit(f"{out_dir} was trained with tokenizer {ckpt['tokenizer']!r}; sample.py "
                              "reads our GPT-2 checkpoints (use --init_from for HuggingFace folders)")
         model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
@@ -54,7 +59,7 @@ def encode_texts(tok, texts, block_size, where=None):
             raise SystemExit(f"{w} has no {tokenization.MASK_TOKEN} to fill in: {text!r}")
         if len(ids) > block_size:
             raise SystemExit(f"{w} is {len(ids)} tokens with [CLS] and [SEP], more than this model's "
-                             f"block_size={block_size}: shorten it")
+                             f"max_positions={block_size}: shorten it")
         rows.append(ids)
     return rows
 
@@ -117,6 +122,20 @@ def format_result(tok, text, row, preds):
     return "\n".join(lines)
 
 
+def default_out_dir():
+    """'out' if it holds a checkpoint; else the one out*/ folder here that does, such as the out-tiny of
+    `python train.py config/bert_tiny.py`."""
+    if os.path.isfile(os.path.join("out", "ckpt.pt")):
+        return "out"
+    found = sorted(os.path.dirname(p) for p in glob.glob("out*/ckpt.pt"))
+    if len(found) == 1:
+        print(f"(reading {found[0]}/ckpt.pt, the one checkpoint here; --out_dir chooses another)")
+        return found[0]
+    if found:
+        raise SystemExit(f"no checkpoint in out/, and several elsewhere: choose one with --out_dir ({', '.join(found)})")
+    return "out"  # and load_checkpoint says how to make one
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Fill in [MASK]s with a pretrained BERT. All masks of a text are predicted in one "
@@ -127,7 +146,8 @@ def main(argv=None):
                         help="a text with one or more [MASK]s; repeat the flag for several texts")
     parser.add_argument("--file", help="read texts from this file, one per line (blank lines skipped)")
     parser.add_argument("--top_k", type=int, default=5, help="guesses shown per mask (default 5)")
-    parser.add_argument("--out_dir", default="out", help="folder with our ckpt.pt (default 'out')")
+    parser.add_argument("--out_dir", default=None,
+                        help="folder with our ckpt.pt (default: 'out', or the one out*/ folder here that holds one)")
     parser.add_argument("--init_from", default=None,
                         help="a HuggingFace BERT instead: hub name (bert-base-uncased) or local folder")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, ...")
@@ -151,15 +171,16 @@ def main(argv=None):
         parser.error('give a text to fill in: --text "the [MASK] sat on the mat." or --file=texts.txt')
     if args.top_k < 1:
         parser.error("--top_k must be at least 1")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}, but torch sees no CUDA GPU here: leave --device at auto or use cpu")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    device = runtime.pick_device(args.device)
+    out_dir = args.out_dir or default_out_dir()
 
-    model, tok = load_model(args.out_dir, args.init_from, device)
-    rows = encode_texts(tok, texts, model.config.block_size, where)
+    model, tok = load_model(out_dir, args.init_from, device)
+    rows = encode_texts(tok, texts, model.config.max_positions, where)
     preds = fill_mask(model, tok, rows, args.top_k, args.batch_size)
     print("\n\n".join(format_result(tok, t, r, p) for t, r, p in zip(texts, rows, preds)))
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run(main)

@@ -5,42 +5,44 @@ or many (torchrun, one node or several).
     python train.py config/bert_tiny.py                  # CPU or laptop, minutes
     torchrun --nproc_per_node=8 train.py                 # BERT-base, the defaults below
     python train.py config/bert_tiny.py --init_from=resume   # continue out_dir/ckpt.pt exactly
+    python train.py --help                               # every setting, its default and what it does
 
 Data comes from prepare.py: a uint16 token stream and document offsets. Every batch is built on the
 fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, micro-step, rank), so a
 resumed run sees exactly the batches the uninterrupted run would have seen without saving any
-data-loader state. Dropout is re-seeded from the same numbers each step for the same reason.
+data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
+A resumed run takes its settings from the checkpoint; the command line may change only how it runs
+(logging, evaluation, device, batch_size), never what it computes.
 """
-import atexit
-import ctypes
+import importlib.util
 import json
 import math
 import os
-import platform
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import configure
+import runtime
+from configurator import read_settings, require
+from model import BertConfig, BertForPreTraining, gather_masked, max_predictions_for
 from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
 
 # -----------------------------------------------------------------------------
 # Settings. The defaults are the BERT-base recipe (Devlin et al. 2018, appendix A.2) for
 # `torchrun --nproc_per_node=8 train.py`; config/*.py files and --key=value flags override them.
 # I/O
-out_dir = "out"
-init_from = "scratch"        # 'scratch' or 'resume' (out_dir/ckpt.pt)
+out_dir = "out"              # where ckpt.pt and log.jsonl go
+init_from = "scratch"        # 'scratch' or 'resume' (out_dir/ckpt.pt, with the settings it was trained with)
+overwrite = False            # let a scratch run replace a checkpoint already in out_dir
 eval_interval = 2000         # steps between evaluations; each one saves out_dir/ckpt.pt
 eval_iters = 100             # validation batches per evaluation, the same ones every time
 log_interval = 100           # steps between log lines (and between checks for SIGTERM/SIGINT)
 run_steps = 0                # stop (and save) after this many steps of this run; 0: go on to max_steps
-wandb_log = False
+wandb_log = False            # also log to Weights & Biases (needs `pip install wandb`)
 wandb_project = "bert"
 wandb_run_name = "bert-base"
 # data
@@ -55,11 +57,11 @@ whole_word_mask = False      # mask all BPE pieces of a word together
 n_layer = 12
 n_head = 12
 n_embd = 768
-max_positions = 512          # position embeddings (BertConfig.block_size); block_size may be shorter
+max_positions = 512          # rows of the position embedding; block_size may be shorter
 dropout = 0.1
-bias = True
+bias = True                  # biases in Linear and LayerNorm layers
 # AdamW
-learning_rate = 1e-4
+learning_rate = 1e-4         # peak, reached after warmup_steps
 max_steps = 1_000_000
 weight_decay = 0.01
 beta1 = 0.9
@@ -75,8 +77,76 @@ dtype = "auto"               # auto (bf16 on GPUs that have it, else fp16; fp32 
 compile = True               # torch.compile the model
 seed = 1337
 # -----------------------------------------------------------------------------
-SETTINGS = {k: v for k, v in globals().items() if k.islower() and not k.startswith("_")
-            and isinstance(v, (bool, int, float, str))}
+
+# what a resumed run may set anew: how it runs, not what it computes (batch_size splits the same
+# tokens_per_step into other micro-batches), and max_steps, to extend a run (said when it changes)
+MAY_CHANGE_ON_RESUME = {"out_dir", "init_from", "overwrite", "eval_interval", "eval_iters", "log_interval",
+                        "run_steps", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
+                        "device", "dtype", "compile", "max_steps"}
+THIS_RUN_ONLY = {"out_dir", "init_from", "overwrite", "run_steps"}  # never taken from a checkpoint
+
+
+def check_settings(cfg, world_size=1):
+    """Everything wrong with the settings, as messages (empty when they are fine). Types were checked
+    when they were read; these are ranges, choices and how the settings fit together."""
+    p = []
+    if cfg.init_from not in ("scratch", "resume"):
+        p.append(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    for name in ("eval_interval", "eval_iters", "log_interval", "batch_size", "tokens_per_step", "max_steps",
+                 "n_layer", "n_head", "n_embd", "max_positions"):
+        if getattr(cfg, name) < 1:
+            p.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("run_steps", "warmup_steps", "weight_decay", "grad_clip", "min_lr"):
+        if getattr(cfg, name) < 0:
+            p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if cfg.block_size < 8:
+        p.append(f"block_size={cfg.block_size} is too short for [CLS] A [SEP] B [SEP]; use 8 or more")
+    if cfg.block_size > cfg.max_positions:
+        p.append(f"block_size={cfg.block_size} is longer than the model's max_positions={cfg.max_positions}")
+    if cfg.n_head >= 1 and cfg.n_embd % cfg.n_head:
+        p.append(f"n_embd={cfg.n_embd} must be a multiple of n_head={cfg.n_head}")
+    if not 0 < cfg.mask_prob <= 1:
+        p.append(f"mask_prob must be in (0, 1]: the share of tokens to predict; got {cfg.mask_prob}")
+    if not 0 <= cfg.dropout < 1:
+        p.append(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0 < cfg.learning_rate < math.inf:
+        p.append(f"learning_rate must be positive and finite, got {cfg.learning_rate}")
+    if cfg.min_lr > cfg.learning_rate:
+        p.append(f"min_lr={cfg.min_lr} is above learning_rate={cfg.learning_rate}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            p.append(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.decay not in runtime.DECAYS:
+        p.append(f"decay must be one of {', '.join(runtime.DECAYS)}, got {cfg.decay!r}")
+    if cfg.dtype not in runtime.DTYPES:
+        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_device(cfg.device))
+    per_micro_step = cfg.batch_size * cfg.block_size * world_size
+    if per_micro_step > 0 and cfg.tokens_per_step % per_micro_step:
+        p.append(f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size * processes = "
+                 f"{cfg.batch_size} * {cfg.block_size} * {world_size} = {per_micro_step}: change tokens_per_step or batch_size")
+    if not cfg.data_dir:
+        p.append("data_dir is empty: point it at prepare.py's output")
+    p.append(runtime.check_writable(cfg.out_dir))
+    if cfg.wandb_log and importlib.util.find_spec("wandb") is None:
+        p.append("wandb_log=True needs wandb: pip install wandb (or --wandb_log=False)")
+    return p
+
+
+def resumed_settings(cfg, given, ckpt, path):
+    """The settings a checkpoint was trained with, and from the command line (`given`) only what
+    MAY_CHANGE_ON_RESUME. A flag that contradicts the checkpoint stops the run and says which."""
+    saved = ckpt["config"]
+    clash = [k for k in sorted(given) if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != getattr(cfg, k)]
+    if clash:
+        raise SystemExit(f"{path} was trained with " + ", ".join(f"{k}={saved[k]!r}" for k in clash) + ", but this "
+                         "command says " + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in clash) + ". A resumed run "
+                         "keeps its settings: drop those, or start a new run in another out_dir")
+    changed = [k for k in sorted(given - THIS_RUN_ONLY) if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        print("resuming with " + ", ".join(f"{k}={getattr(cfg, k)!r} (was {saved[k]!r})" for k in changed))
+    settings = vars(cfg) | {k: v for k, v in saved.items() if k in vars(cfg) and k not in given | THIS_RUN_ONLY}
+    return type(cfg)(**settings)
 
 
 # -----------------------------------------------------------------------------
@@ -89,8 +159,13 @@ def check_data(data_dir):
     if missing:
         raise SystemExit(f"{data_dir} lacks {', '.join(missing)}: prepare a corpus first, e.g. "
                          f"`python prepare.py --out_dir {data_dir}` (see prepare.py --help), or point data_dir at one")
-    with open(os.path.join(data_dir, "meta.json")) as f:
-        meta = json.load(f)
+    try:
+        with open(os.path.join(data_dir, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"{data_dir}/meta.json is unreadable ({e}): re-run prepare.py for this folder")
+    if not isinstance(meta, dict):
+        raise SystemExit(f"{data_dir}/meta.json is not prepare.py's (not a JSON object): re-run prepare.py")
     want = dict(tokenizer=GPT2Tokenizer.name, vocab_size=VOCAB_SIZE, dtype="uint16",
                 special_ids=dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD))
     wrong = {k: meta.get(k) for k, v in want.items() if meta.get(k) != v}
@@ -106,9 +181,16 @@ class Corpus:
 
     def __init__(self, data_dir, split):
         self.path = os.path.join(data_dir, f"{split}.bin")
-        offs = np.load(os.path.join(data_dir, f"{split}_docs.npy"))
-        n_tokens = os.path.getsize(self.path) // 2
-        if offs.ndim != 1 or len(offs) < 2 or offs[0] != 0 or offs[-1] != n_tokens or np.any(np.diff(offs) < 1):
+        size = os.path.getsize(self.path)
+        if size % 2:
+            raise SystemExit(f"{self.path} has an odd number of bytes ({size:,}), so it is not uint16 tokens: it is "
+                             "truncated or not from prepare.py; re-run prepare.py")
+        n_tokens = size // 2
+        try:
+            offs = np.load(os.path.join(data_dir, f"{split}_docs.npy"), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise SystemExit(f"{data_dir}/{split}_docs.npy is unreadable ({type(e).__name__}): re-run prepare.py")
+        if offs.dtype.kind not in "iu" or offs.ndim != 1 or len(offs) < 2 or offs[0] != 0 or offs[-1] != n_tokens or np.any(np.diff(offs) < 1):
             raise SystemExit(f"{data_dir}: {split}_docs.npy does not match {split}.bin: re-run prepare.py")
         ends = offs[1:][np.linspace(0, len(offs) - 2, min(len(offs) - 1, 10_000)).astype(np.int64)] - 1
         if np.any(self.tokens()[ends] != EOT):  # a sample of documents is enough to catch mixed-up files
@@ -193,12 +275,6 @@ def word_boundaries():
     return starts, ends_line
 
 
-def max_predictions_for(block_size, mask_prob):
-    """The static number of MLM predictions per row: the model drops masks beyond it, and masking
-    never reaches past it."""
-    return math.ceil(mask_prob * block_size)
-
-
 def mask_tokens(idx, rng, mask_prob, max_predictions, words=None):
     """Dynamic masking (BERT section 3.1). idx (B, T) int64. In each row m = max(1, round(mask_prob *
     text tokens)) text tokens (ids < N_TEXT: never [CLS] [SEP] [PAD] EOT) are chosen; 80% become [MASK],
@@ -246,6 +322,11 @@ def batch_rng(seed, split, step, shard):
     return np.random.default_rng([seed, {"train": 0, "val": 1}[split], step, shard])
 
 
+def dropout_seed(seed, step, shard):
+    """torch's seed for the dropout of one micro-batch: like its data, a function of (step, shard)."""
+    return int(np.random.SeedSequence([seed, 2, step, shard]).generate_state(1)[0])
+
+
 def get_batch(corpus, rng, batch_size, block_size, nsp, mask_prob, max_predictions, words=None):
     """A pretraining micro-batch: the keyword arguments of BertForPreTraining.forward, as CPU tensors."""
     if nsp:
@@ -258,12 +339,6 @@ def get_batch(corpus, rng, batch_size, block_size, nsp, mask_prob, max_predictio
                 mlm_labels=t(labels), nsp_labels=t(nsp_labels))
 
 
-def to_device(batch, device):
-    if device.startswith("cuda"):  # pinned memory lets the copy overlap the step that is running
-        return {k: None if v is None else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-    return {k: None if v is None else v.to(device) for k, v in batch.items()}
-
-
 # -----------------------------------------------------------------------------
 # Metrics
 
@@ -272,7 +347,6 @@ METRICS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "nsp_loss_sum", "nsp_corr
 
 def batch_metrics(mlm_logits, nsp_logits, batch, max_predictions):
     """Sums (not means) of the six METRICS for a batch, so batches and processes add up exactly."""
-    from model import gather_masked
     _, y = gather_masked(batch["mlm_labels"], max_predictions)  # (B, P), lined up with mlm_logits
     keep = y != -100
     mlm_loss = F.cross_entropy(mlm_logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
@@ -306,204 +380,87 @@ def format_metrics(m, prefix=""):
     return " | ".join(parts)
 
 
-# -----------------------------------------------------------------------------
-# Helpers shared with finetune.py
-
-def init_distributed():
-    """(ddp, rank, local_rank, world_size). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment,
-    one node or many) joins the process group, which is destroyed when the process exits, whichever
-    way it exits (NCCL asks for that); otherwise a single process: (False, 0, 0, 1)."""
-    if "RANK" not in os.environ:
-        return False, 0, 0, 1
-    import torch.distributed as dist
-    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():  # a second main() in the same process keeps the group
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
-    return True, rank, local_rank, world_size
+def train_batch(corpus, cfg, split, step, shard, P, words, device):
+    """Micro-batch `shard` of `step` on device: the keyword arguments of BertForPreTraining.forward."""
+    b = get_batch(corpus, batch_rng(cfg.seed, split, step, shard), cfg.batch_size, cfg.block_size, cfg.nsp,
+                  cfg.mask_prob, P, words)
+    return runtime.to_device(b, device)
 
 
-def pick_device(device="auto", local_rank=0):
-    """'auto' -> 'cuda:<local_rank>', else 'mps', else 'cpu'. 'cuda' means this process's GPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank}"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if device.startswith("cuda:") and "RANK" in os.environ:
-        raise SystemExit(f"device={device!r}: under torchrun every process takes the GPU of its LOCAL_RANK; use --device=cuda "
-                         "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"device={device!r} but torch sees no CUDA GPU; use --device=auto or --device=cpu")
-    return f"cuda:{local_rank}" if device == "cuda" else device
+@torch.no_grad()
+def evaluate(model, corpus, cfg, P, words, ctx, device, rank=0, world_size=1):
+    """Validation metrics over the same eval_iters batches every time, split over the processes."""
+    model.eval()
+    sums = torch.zeros(len(METRICS), device=device)
+    for k in range(rank, cfg.eval_iters, world_size):
+        b = train_batch(corpus, cfg, "val", 0, k, P, words, device)
+        with ctx:
+            mlm_logits, nsp_logits, _ = model(**b, max_predictions=P)
+        sums += batch_metrics(mlm_logits, nsp_logits, b, P)
+    if world_size > 1:
+        torch.distributed.all_reduce(sums)
+    model.train()
+    return summarize(sums, "val_")
 
 
-def keep_freed_memory():
-    """On a CPU under Linux, make malloc keep big freed buffers for reuse. glibc gives every block over
-    its mmap threshold (128 KiB, rising to 32 MiB at most) a mapping of its own and unmaps it when it is
-    freed: the MLM logits, the larger activations and gradients. The next step page-faults them in
-    again, zero-filled, and that was a third of a bert_tiny training step on two cores. The cost:
-    resident memory stays at its peak. Returns whether the setting took (False without glibc)."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the C library this process already runs on
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>; see `man mallopt`
-    # never mmap a block on its own, and never shrink the heap (a threshold of -1 turns trimming off)
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
+def open_log(path, resume_step):
+    """log.jsonl for appending. A resumed run first drops the lines written after its checkpoint (it
+    does those steps again); a fresh run starts an empty log."""
+    lines = []
+    if resume_step is not None and os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        lines.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    pass  # a line cut short by a crash
+    runtime.write_bytes(path, "".join(lines).encode())
+    return open(path, "a")
 
 
-def speed_settings(device_type):
-    """The process-wide speed settings of train.py, finetune.py and bench.py: TF32 for the fp32 matmuls
-    outside autocast on a GPU; on a CPU, malloc keeps freed memory. Returns whether it does."""
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device_type == "cpu" and keep_freed_memory()
-
-
-def autocast_and_scaler(device_type, dtype="auto"):
-    """The mixed-precision context for forward passes and the GradScaler for backward. 'auto': bf16 on
-    GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU and MPS. The fp32 case gets
-    a null context and a disabled scaler, so the training loop has a single path."""
-    if dtype == "auto":
-        if device_type == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if ptdtype is None:
-        raise SystemExit(f"dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got {dtype!r}")
-    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
-    # fp16 has too little range for raw gradients; bf16 and fp32 do not need scaling
-    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
-    return ctx, scaler
-
-
-def get_lr(step, learning_rate, warmup_steps, max_steps, min_lr, decay="linear"):
-    """Linear warmup from 0, then linear (BERT) or cosine decay to min_lr at max_steps."""
-    if step < warmup_steps:
-        return learning_rate * (step + 1) / (warmup_steps + 1)
-    if step >= max_steps:
-        return min_lr
-    ratio = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    if decay == "linear":
-        coeff = 1.0 - ratio
-    elif decay == "cosine":
-        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
-    else:
-        raise SystemExit(f"decay must be 'linear' or 'cosine', got {decay!r}")
-    return min_lr + coeff * (learning_rate - min_lr)
-
-
-def optimizer_step(optimizer, scaler, params, grad_clip):
-    """Unscale (fp16 only), clip the global gradient norm, step, and clear the gradients."""
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints
-
-def save_checkpoint(ckpt, path):
-    """Write atomically: a crash midway leaves the previous checkpoint intact."""
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by save_checkpoint, with one clear message for each way it can fail."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "ckpt.pt")
-    if not os.path.isfile(path):
-        raise SystemExit(f"no checkpoint at {path}: train one with `python train.py`, or point out_dir "
-                         "at a folder that holds ckpt.pt")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); it may be truncated "
-                         "or from another program. Restore it from a copy, or start without it")
-    missing = {"model", "model_config"} - set(ckpt) if isinstance(ckpt, dict) else {"model"}
-    if missing:
-        raise SystemExit(f"{path} is not a checkpoint of this project (missing {sorted(missing)})")
-    return ckpt
-
-
-# -----------------------------------------------------------------------------
-# The run
-
-class StopSignal:
-    """SIGTERM (a preempted job) or SIGINT (Ctrl-C) asks the run to save and stop at the next check;
-    a second signal acts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signum, self.previous[signum])
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next log step, then stopping "
-              "(send it again to stop at once)", flush=True)
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+def write_log(log_file, wandb, record):
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()
+    if wandb:
+        wandb.log(record, step=record["step"])
 
 
 def main(argv=None):
-    """Train with the settings above, overridden by argv (config files, --key=value). Returns the
+    """Pretrain with the settings above, overridden by argv (config files, --key=value). Returns the
     trained BertForPreTraining (the plain module)."""
-    settings = dict(SETTINGS)
-    configure(settings, argv)
-    cfg = SimpleNamespace(**settings)
-    from model import BertConfig, BertForPreTraining
-
-    ddp, rank, local_rank, world_size = init_distributed()
+    cfg, given = read_settings(globals(), argv)
+    ddp, rank, local_rank, world_size = runtime.init_distributed()
     master = rank == 0
     say = print if master else (lambda *a, **k: None)
-    device = pick_device(cfg.device, local_rank)
-    device_type = device.split(":")[0]
-    ctx, scaler = autocast_and_scaler(device_type, cfg.dtype)
-    speed_settings(device_type)
 
-    # the batch arithmetic: tokens_per_step = batch_size * block_size * grad_accum * world_size
-    per_micro_step = cfg.batch_size * cfg.block_size * world_size
-    if cfg.tokens_per_step % per_micro_step:
-        raise SystemExit(f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size * "
-                         f"processes = {cfg.batch_size} * {cfg.block_size} * {world_size} = {per_micro_step}: "
-                         "change tokens_per_step or batch_size")
-    grad_accum = cfg.tokens_per_step // per_micro_step
+    # settings, all checked before any work; a resumed run takes them from its checkpoint
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = None
+    if cfg.init_from == "resume":
+        ckpt = runtime.load_checkpoint(ckpt_path, kinds=("pretraining",))
+        cfg = resumed_settings(cfg, given, ckpt, ckpt_path)
+    require(check_settings(cfg, world_size))
+    if cfg.init_from == "scratch" and not cfg.overwrite:
+        runtime.refuse_overwrite(ckpt_path, "a checkpoint", "continue it with --init_from=resume, ")
+    grad_accum = cfg.tokens_per_step // (cfg.batch_size * cfg.block_size * world_size)
     say(f"tokens per step: {cfg.tokens_per_step:,} = batch_size {cfg.batch_size} x block_size {cfg.block_size} "
         f"x grad_accum {grad_accum} x world_size {world_size}")
-    if cfg.block_size < 8:
-        raise SystemExit(f"block_size={cfg.block_size} is too short for [CLS] A [SEP] B [SEP]; use 8 or more")
-    if cfg.init_from not in ("scratch", "resume"):
-        raise SystemExit(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    device = runtime.pick_device(cfg.device, local_rank)
+    device_type = device.split(":")[0]
+    ctx, scaler = runtime.autocast_and_scaler(device_type, cfg.dtype)
+    runtime.speed_settings(device_type)
+
+    # data
     check_data(cfg.data_dir)
     train_data, val_data = Corpus(cfg.data_dir, "train"), Corpus(cfg.data_dir, "val")
     words = word_boundaries() if cfg.whole_word_mask else None
     P = max_predictions_for(cfg.block_size, cfg.mask_prob)
 
-    # model and optimizer, fresh or from out_dir/ckpt.pt
-    ckpt = load_checkpoint(cfg.out_dir, map_location=device) if cfg.init_from == "resume" else None
-    if ckpt is not None and ckpt.get("tokenizer") != GPT2Tokenizer.name:
-        raise SystemExit(f"{cfg.out_dir}/ckpt.pt was trained with tokenizer {ckpt.get('tokenizer')!r}, not gpt2")
-    if ckpt is not None and ckpt["config"]["nsp"] != cfg.nsp:  # the optimizer state holds the NSP head only with NSP
-        raise SystemExit(f"{cfg.out_dir}/ckpt.pt was trained with nsp={ckpt['config']['nsp']}: resume with --nsp={ckpt['config']['nsp']}")
+    # model and optimizer, fresh or from the checkpoint
     model_config = BertConfig(**ckpt["model_config"]) if ckpt else BertConfig(
-        block_size=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
+        max_positions=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
         n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-    if cfg.block_size > model_config.block_size:
-        raise SystemExit(f"block_size={cfg.block_size} is longer than the model's {model_config.block_size} "
-                         "positions: lower block_size" + ("" if ckpt else ", or raise max_positions"))
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run
     raw_model = BertForPreTraining(model_config).to(device)
     if not cfg.nsp:  # without NSP rows the pooler and NSP head get no gradient, which DDP does not allow: freeze them
@@ -514,108 +471,75 @@ def main(argv=None):
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+        scaler.load_state_dict(ckpt["scaler"])
         step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
-        say(f"resuming from {cfg.out_dir}/ckpt.pt at step {step} (model settings from the checkpoint)")
+        say(f"resuming from {ckpt_path} at step {step}, with the settings it was trained with")
         del ckpt
     say(f"{raw_model.num_params() / 1e6:.2f}M parameters, {model_config.n_layer} layers x {model_config.n_embd} "
         f"wide; up to {P} masked tokens per sequence; {getattr(ctx, 'fast_dtype', torch.float32)} on {device}")
     # keep the plain module: checkpoints store its state_dict, never a compiled or DDP wrapper's
     model = torch.compile(raw_model) if cfg.compile else raw_model
-    eval_model = model
+    eval_model = model  # evaluation has no gradients to all-reduce
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        import torch.distributed as dist
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-
-    def batch(split, step, shard):
-        data = train_data if split == "train" else val_data
-        b = get_batch(data, batch_rng(cfg.seed, split, step, shard), cfg.batch_size, cfg.block_size,
-                      cfg.nsp, cfg.mask_prob, P, words)
-        return to_device(b, device)
-
-    @torch.no_grad()
-    def evaluate():
-        """Validation metrics over the same eval_iters batches every time, split over the processes."""
-        eval_model.eval()
-        sums = torch.zeros(len(METRICS), device=device)
-        for k in range(rank, cfg.eval_iters, world_size):
-            b = batch("val", 0, k)
-            with ctx:
-                mlm_logits, nsp_logits, _ = eval_model(**b, max_predictions=P)
-            sums += batch_metrics(mlm_logits, nsp_logits, b, P)
-        if ddp:
-            dist.all_reduce(sums)
-        eval_model.train()
-        return summarize(sums, "val_")
-
-    def save():
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise SystemExit(f"the weights hold NaN/inf at step {step}; not saving over {cfg.out_dir}/ckpt.pt. "
-                             "Lower learning_rate (or use bfloat16) and resume from the last checkpoint")
-        ckpt = dict(model=raw_model.state_dict(), model_config=asdict(model_config), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), step=step, best_val_loss=best_val_loss, config=settings,
-                    # batches and dropout are functions of (seed, step, rank): the seed is all the RNG state
-                    rng=dict(seed=cfg.seed), tokenizer=GPT2Tokenizer.name)
-        save_checkpoint(ckpt, os.path.join(cfg.out_dir, "ckpt.pt"))
-        say(f"saved {cfg.out_dir}/ckpt.pt at step {step}")
-
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "a")
-    if cfg.wandb_log and master:
-        import wandb  # optional: only runs that log to wandb need it
-        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=settings)
-
-    def log(record):
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        log_file = open_log(os.path.join(cfg.out_dir, "log.jsonl"), step if step else None)
+        wandb = None
         if cfg.wandb_log:
-            wandb.log(record, step=record["step"])
+            import wandb  # optional: only runs that log to wandb need it
+            wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
 
+    # the loop: evaluate (and save) every eval_interval steps, log every log_interval steps
     start_step = step
     stop_at = min(cfg.max_steps, start_step + cfg.run_steps) if cfg.run_steps else cfg.max_steps
-    stop = StopSignal()
-    stopping = False
+    stop, stopping = runtime.StopSignal(), False
     try:
-        b = batch("train", step, rank)
+        b = train_batch(train_data, cfg, "train", step, rank, P, words, device)
         t_log, steps_logged = time.time(), 0
         while True:
             done = step >= stop_at
             evaluated = step % cfg.eval_interval == 0 or done
             if evaluated:
-                m = evaluate()
+                m = evaluate(eval_model, val_data, cfg, P, words, ctx, device, rank, world_size)
                 if not math.isfinite(m["val_loss"]):
-                    raise SystemExit(f"validation loss is {m['val_loss']} at step {step}; {cfg.out_dir}/ckpt.pt is "
-                                     "kept as it was. Lower learning_rate and resume from it")
+                    raise SystemExit(f"validation loss is {m['val_loss']} at step {step}; {ckpt_path} is kept as it "
+                                     "was. Lower learning_rate and resume from it")
                 best_val_loss = min(best_val_loss, m["val_loss"])
                 say(f"eval step {step}: {format_metrics(m, 'val_')}")
                 if master:
-                    log({"step": step, **m})
+                    write_log(log_file, wandb, {"step": step, "tokens": step * cfg.tokens_per_step, **m})
             if step > start_step and (evaluated or stopping):
+                if not runtime.all_finite(raw_model):  # the same weights on every process: all of them stop
+                    raise SystemExit(f"the weights hold NaN/inf at step {step}; {ckpt_path} is kept as it was. "
+                                     "Lower learning_rate (or use bfloat16) and resume from it")
                 if master:
-                    save()
+                    runtime.save_checkpoint(dict(
+                        kind="pretraining", model=raw_model.state_dict(), model_config=asdict(model_config),
+                        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
+                        best_val_loss=best_val_loss, config=vars(cfg), tokenizer=GPT2Tokenizer.name), ckpt_path)
+                    say(f"saved {ckpt_path} at step {step}")
             if done or stopping:
                 break
             if evaluated:
                 t_log, steps_logged = time.time(), 0  # leave evaluation out of the step timing
 
-            lr = get_lr(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
+            lr = runtime.get_lr(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, 2, step, rank]).generate_state(1)[0]))  # dropout
             for micro in range(grad_accum):
+                torch.manual_seed(dropout_seed(cfg.seed, step, micro * world_size + rank))
                 # gradients are all-reduced on the last micro-step only
                 with model.no_sync() if ddp and micro < grad_accum - 1 else nullcontext():
                     with ctx:
                         mlm_logits, nsp_logits, loss = model(**b, max_predictions=P)
                     last_batch = b
                     # the next micro-batch is built on the CPU while the GPU works on this one
-                    nxt = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
-                    b = batch("train", nxt[0], nxt[1] * world_size + rank)
+                    nxt_step, nxt_micro = (step, micro + 1) if micro + 1 < grad_accum else (step + 1, 0)
+                    b = train_batch(train_data, cfg, "train", nxt_step, nxt_micro * world_size + rank, P, words, device)
                     scaler.scale(loss / grad_accum).backward()
-            optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
+            runtime.optimizer_step(optimizer, scaler, raw_model.parameters(), cfg.grad_clip)
             step += 1
             steps_logged += 1
 
@@ -625,9 +549,9 @@ def main(argv=None):
                 m = summarize(batch_metrics(mlm_logits, nsp_logits, last_batch, P))
                 flags = torch.tensor([stop.requested, not math.isfinite(loss.item())], dtype=torch.float32, device=device)
                 if ddp:
-                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
                 if flags[1]:
-                    raise SystemExit(f"loss is NaN/inf at step {step}; {cfg.out_dir}/ckpt.pt is kept as it was. "
+                    raise SystemExit(f"loss is NaN/inf at step {step}; {ckpt_path} is kept as it was. "
                                      "Lower learning_rate (or use bfloat16) and resume from it")
                 stopping = bool(flags[0])
                 dt = (time.time() - t_log) / steps_logged
@@ -637,7 +561,8 @@ def main(argv=None):
                 say(f"step {step} | {format_metrics(m)} | lr {lr:.2e} | {dt * 1000:.0f} ms/step | "
                     f"{tokens_per_sec:,.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}", flush=True)
                 if master:
-                    log({"step": step, **m, "lr": lr, "ms_per_step": dt * 1000, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+                    write_log(log_file, wandb, {"step": step, "tokens": step * cfg.tokens_per_step, **m, "lr": lr,
+                                                "ms_per_step": dt * 1000, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
                 t_log, steps_logged = time.time(), 0
         if stopping:
             say(f"stopped at step {step} on a signal; continue with --init_from=resume")
@@ -649,4 +574,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run(main)

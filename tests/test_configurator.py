@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from configurator import configure  # noqa: E402
+from configurator import configure, read_settings, require  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,8 +30,11 @@ def test_flags_override_with_their_types():
 
 def test_quoted_strings_and_none():
     s = defaults()
-    configure(s, ["--out_dir='123'", "--batch_size=None"])
-    assert s["out_dir"] == "123" and s["batch_size"] is None
+    configure(s, ["--out_dir='123'", "--init=None"])
+    assert s["out_dir"] == "123" and s["init"] is None
+    for flag in ("--batch_size=None", "--out_dir=None"):  # None only where the default is None
+        with pytest.raises(SystemExit, match="must be"):
+            configure(defaults(), [flag])
 
 
 @pytest.mark.parametrize("flag, words", [
@@ -125,18 +128,40 @@ def test_missing_config_file(tmp_path):
         configure(defaults(), [str(tmp_path / "nope.py")])
 
 
-def test_the_shipped_configs_fit_train_py():
+def test_the_shipped_configs_pass_their_scripts_checks():
+    import finetune
     import train
-    for path in sorted(glob.glob(os.path.join(ROOT, "config", "bert_*.py"))):
-        s = dict(train.SETTINGS)
-        changed = configure(s, [path])
-        assert changed, path
-        assert s["tokens_per_step"] % (s["batch_size"] * s["block_size"]) == 0, path
-        assert s["block_size"] <= s["max_positions"] and s["n_embd"] % s["n_head"] == 0, path
-    base = dict(train.SETTINGS)
-    configure(base, [os.path.join(ROOT, "config", "bert_base.py")])
-    assert {k: v for k, v in base.items() if k not in ("out_dir",)} == \
-        {k: v for k, v in train.SETTINGS.items() if k not in ("out_dir",)}, "bert_base.py should spell out the defaults"
+    for path in sorted(glob.glob(os.path.join(ROOT, "config", "*.py"))):
+        script = finetune if os.path.basename(path).startswith("finetune_") else train
+        cfg, given = read_settings(vars(script), [path])
+        assert given, path
+        assert [p for p in script.check_settings(cfg) if p] == [], path
+    base, _ = read_settings(vars(train), [os.path.join(ROOT, "config", "bert_base.py")])
+    defaults, _ = read_settings(vars(train), [])
+    assert {k: v for k, v in vars(base).items() if k != "out_dir"} == \
+        {k: v for k, v in vars(defaults).items() if k != "out_dir"}, "bert_base.py should spell out the defaults"
+
+
+@pytest.mark.parametrize("script", ["train.py", "finetune.py", "bench.py"])
+def test_help_lists_every_setting_with_its_default_and_comment(script):
+    import subprocess
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    assert "--device='auto'" in r.stdout and "Settings" in r.stdout
+    if script == "train.py":
+        assert "--eval_interval=2000" in r.stdout and "steps between evaluations" in r.stdout
+        assert "# I/O" in r.stdout and "--tokens_per_step=131072" in r.stdout
+
+
+def test_settings_checks_report_every_problem_at_once():
+    import train
+    cfg, _ = read_settings(vars(train), ["--batch_size=0", "--dropout=2.0", "--n_head=5", "--decay=linaer",
+                                         "--mask_prob=0", "--device=tpu"])
+    problems = [p for p in train.check_settings(cfg) if p]
+    for word in ("batch_size", "dropout", "n_head", "decay", "mask_prob", "device"):
+        assert any(word in p for p in problems), (word, problems)
+    with pytest.raises(SystemExit, match="problems with the settings"):
+        require(problems)
 
 
 def test_string_setting_takes_digits_as_text():

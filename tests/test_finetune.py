@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import finetune as ft
-import train
+import runtime
 from model import BertConfig, BertForPreTraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32, ffn=64, dropout=0.0)  # GPT-2 vocabulary (50304)
-FAST = ["--compile=False", "--dropout=0.0", "--learning_rate=3e-3", "--batch_size=32", "--block_size=64",
+TINY = dict(max_positions=64, n_layer=2, n_head=2, n_embd=32, ffn=64, dropout=0.0)  # GPT-2 vocabulary (50304)
+FAST = ["--compile=False", "--dropout=0.0", "--learning_rate=3e-3", "--examples_per_step=32", "--block_size=64",
         "--log_interval=1000", "--device=cpu"]
 FILLER = "the a of and to in is was it for on with as at by this that from".split()
 
@@ -181,7 +181,7 @@ def pretrained(tmp_path_factory):
     torch.manual_seed(0)
     config = BertConfig(**TINY)
     model = BertForPreTraining(config)
-    train.save_checkpoint({"model": model.state_dict(), "model_config": asdict(config), "tokenizer": "gpt2",
+    runtime.save_checkpoint({"kind": "pretraining", "model": model.state_dict(), "model_config": asdict(config), "tokenizer": "gpt2",
                            "step": 0}, str(folder / "ckpt.pt"))
     return str(folder)
 
@@ -374,7 +374,7 @@ def bad_setups(tmp_path, pretrained):
     small_vocab = tmp_path / "small_vocab"
     small_vocab.mkdir()
     config = BertConfig(**{**TINY, "vocab_size": 1000})
-    train.save_checkpoint({"model": BertForPreTraining(config).state_dict(), "model_config": asdict(config),
+    runtime.save_checkpoint({"kind": "pretraining", "model": BertForPreTraining(config).state_dict(), "model_config": asdict(config),
                            "tokenizer": "gpt2"}, str(small_vocab / "ckpt.pt"))
     return {
         "missing label column": ([f"--label_column=sentiment"], good, good, "has no column 'sentiment'"),
@@ -395,11 +395,23 @@ def test_bad_input_one_clear_message_nothing_overwritten(tmp_path, pretrained, c
     out.mkdir()
     (out / "ckpt.pt").write_bytes(b"an earlier run")
     with pytest.raises(SystemExit, match=message):
-        ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={out}", *flags,
+        ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={out}", "--overwrite=True", *flags,
                  f"--train_file={write_csv(tmp_path / 'train.csv', train_rows)}",
                  f"--val_file={write_csv(tmp_path / 'val.csv', val_rows)}",
                  f"--test_file={write_csv(tmp_path / 'test.csv', val_rows)}"])
     assert sorted(os.listdir(out)) == ["ckpt.pt"] and (out / "ckpt.pt").read_bytes() == b"an earlier run"
+
+
+def test_refuses_to_replace_a_checkpoint_unless_told(tmp_path, pretrained):
+    out = tmp_path / "out"
+    args = [*FAST, f"--init_from={pretrained}", f"--out_dir={out}", *files(tmp_path, "sentiment", "csv", 32, 8)]
+    ft.main(args)
+    before = (out / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit, match="already holds a checkpoint.*--overwrite=True"):
+        ft.main(args)
+    assert (out / "ckpt.pt").read_bytes() == before
+    ft.main(args + ["--overwrite=True", "--seed=2"])
+    assert (out / "ckpt.pt").read_bytes() != before
 
 
 def test_refuses_to_overwrite_its_own_starting_point(tmp_path, pretrained):
@@ -449,4 +461,4 @@ def test_hf_checkpoint_folder(tmp_path):
 
     small = hf_folder(tmp_path / "hf_small", vocab_size=12)  # vocab.txt has 18 entries
     with pytest.raises(SystemExit, match="do not belong together"):
-        ft.main([*FAST, f"--init_from={small}", f"--out_dir={out}", *files(tmp_path, "sentiment", "jsonl")])
+        ft.main([*FAST, f"--init_from={small}", f"--out_dir={tmp_path / 'out2'}", *files(tmp_path, "sentiment", "jsonl")])

@@ -10,7 +10,7 @@ import torch
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, gather_masked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(vocab_size=101, block_size=32, n_layer=2, n_head=4, n_embd=32, ffn=48, dropout=0.0)
+TINY = dict(vocab_size=101, max_positions=32, n_layer=2, n_head=4, n_embd=32, ffn=48, dropout=0.0)
 HF_TINY = dict(vocab_size=101, max_position_embeddings=32, num_hidden_layers=2, num_attention_heads=4,
                hidden_size=32, intermediate_size=48, hidden_act="gelu", layer_norm_eps=1e-12,
                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=2)
@@ -130,28 +130,28 @@ def test_classification_parity(tmp_path):
 
 
 def test_bad_checkpoints(tmp_path):
-    with pytest.raises(SystemExit, match="no config.json"):
+    with pytest.raises(ValueError, match="no config.json"):
         BertForPreTraining.from_pretrained(str(tmp_path))
     ref = hf_model()
     ref.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
-    with pytest.raises(SystemExit, match="shape"):
+    with pytest.raises(ValueError, match="shape"):
         BertForPreTraining.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    with pytest.raises(SystemExit, match="not BERT"):
+    with pytest.raises(ValueError, match="not BERT"):
         BertForPreTraining.from_pretrained(str(tmp_path))
     os.remove(tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SystemExit, match="no model.safetensors"):
+    with pytest.raises(ValueError, match="no model.safetensors"):
         BertForPreTraining.from_pretrained(str(tmp_path))
-    with pytest.raises(SystemExit, match="not a checkpoint folder"):
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
         BertForPreTraining.from_pretrained(str(tmp_path / "nonexistent"))
 
 
 def test_bad_inputs():
     model = BertForPreTraining(BertConfig(**TINY))
-    with pytest.raises(ValueError, match="longer than block_size"):
+    with pytest.raises(ValueError, match="longer than max_positions"):
         model(torch.zeros(1, 33, dtype=torch.long))
     with pytest.raises(ValueError, match="token ids must lie in"):
         model(torch.full((1, 4), 101))

@@ -11,7 +11,7 @@ import torch
 import sample
 import tokenizer
 from model import BertConfig, BertForPreTraining
-from train import save_checkpoint
+from runtime import save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["one two three four five six.", "red green blue black white pink."]
@@ -33,7 +33,7 @@ def ckpt_dir(tmp_path_factory, gpt2):
     share their positions, so a right answer needs the context, and a stray token shifts everything."""
     torch.manual_seed(0)
     data = torch.tensor([[gpt2.cls] + gpt2.encode(s) + [gpt2.sep] for s in SENTENCES])  # (2, 9)
-    model = BertForPreTraining(BertConfig(block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+    model = BertForPreTraining(BertConfig(max_positions=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
     optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.99), "cpu")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # ops this small gain nothing from threads, and on a busy 2-core box lose 5x
@@ -51,9 +51,9 @@ def ckpt_dir(tmp_path_factory, gpt2):
         torch.set_num_threads(threads)
     assert loss.item() < 0.1, "the tiny model did not learn its two sentences"
     out_dir = tmp_path_factory.mktemp("out")
-    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config),
+    save_checkpoint({"kind": "pretraining", "model": model.state_dict(), "model_config": asdict(model.config),
                      "optimizer": optimizer.state_dict(), "step": 300, "best_val_loss": loss.item(),
-                     "config": {"out_dir": str(out_dir)}, "rng": torch.get_rng_state(), "tokenizer": "gpt2"},
+                     "config": {"out_dir": str(out_dir)}, "tokenizer": "gpt2"},
                     os.path.join(out_dir, "ckpt.pt"))
     return str(out_dir)
 
@@ -151,7 +151,7 @@ def test_cli_wordpiece_checkpoint(tmp_path):
     assert "filled: the cat sat on the cat." in r.stdout  # uncased vocabulary: lower-cased
 
     r = run_sample(f"--init_from={tmp_path}", "--text", " ".join(["the"] * 15) + " [MASK]")
-    assert r.returncode != 0 and "block_size=16" in r.stderr
+    assert r.returncode != 0 and "max_positions=16" in r.stderr
 
 
 # -----------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_cli_unknown_hub_name_offline():
 
 @pytest.mark.parametrize("args, message", [
     (["--text", "one " * 20 + "[MASK]"],
-     "--text 1 is 23 tokens with [CLS] and [SEP], more than this model's block_size=16: shorten it"),
+     "--text 1 is 23 tokens with [CLS] and [SEP], more than this model's max_positions=16: shorten it"),
     (["--text", "one [MASK]", "--text", "no mask here"], "--text 2 has no [MASK]"),
     (["--file", "{tmp}/texts.txt"], "line 3 of {tmp}/texts.txt has no [MASK]"),
     (["--file", "{tmp}/missing.txt"], "cannot read --file {tmp}/missing.txt"),

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import runtime  # noqa: E402
 import train  # noqa: E402
+from model import BertForPreTraining, max_predictions_for  # noqa: E402
 from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +82,7 @@ def tiny_run(data_dir, out_dir, *flags):
 
 def test_mask_statistics():
     rng = np.random.default_rng(0)
-    B, T, P = 2000, 64, train.max_predictions_for(64, 0.15)
+    B, T, P = 2000, 64, max_predictions_for(64, 0.15)
     idx = rng.integers(0, N_TEXT, (B, T))
     n_pad = rng.integers(0, 40, B)  # rows of every length, with the specials where they go in a pair
     idx[np.arange(T)[None, :] >= T - n_pad[:, None]] = PAD
@@ -110,7 +112,7 @@ def test_mask_statistics():
 def test_mask_rate_is_configurable():
     rng = np.random.default_rng(1)
     idx = rng.integers(0, N_TEXT, (50, 100))
-    _, labels = train.mask_tokens(idx, rng, 0.4, train.max_predictions_for(100, 0.4))
+    _, labels = train.mask_tokens(idx, rng, 0.4, max_predictions_for(100, 0.4))
     assert np.all((labels != -100).sum(1) == 40)
 
 
@@ -123,7 +125,7 @@ def test_whole_word_masking():
     idx = rng.integers(0, N_TEXT, (B, T))
     idx[:, 0], idx[:, 30], idx[:, -1] = CLS, SEP, SEP
     idx[:, 20] = 7
-    P = train.max_predictions_for(T, 0.15)
+    P = max_predictions_for(T, 0.15)
     inputs, labels = train.mask_tokens(idx, rng, 0.15, P, (starts, ends_line))
     chosen = labels != -100
     is_text = idx < N_TEXT
@@ -208,7 +210,7 @@ def test_packed_rows(tmp_path):
 
 def test_batch_is_a_pure_function_of_seed_step_and_shard(counting):
     corpus = train.Corpus(counting, "train")
-    P = train.max_predictions_for(32, 0.15)
+    P = max_predictions_for(32, 0.15)
 
     def get(seed, step, shard):
         return train.get_batch(corpus, train.batch_rng(seed, "train", step, shard), 4, 32, True, 0.15, P)
@@ -227,43 +229,43 @@ def test_batch_is_a_pure_function_of_seed_step_and_shard(counting):
 # Schedule and helpers
 
 def test_get_lr():
-    lr = [train.get_lr(s, 1.0, 10, 110, 0.1) for s in range(120)]
+    lr = [runtime.get_lr(s, 1.0, 10, 110, 0.1) for s in range(120)]
     assert lr[0] < lr[5] < lr[9] < lr[10] == 1.0
     assert all(a > b for a, b in zip(lr[10:110], lr[11:111]))   # decays...
     assert abs(lr[60] - 0.55) < 1e-9                              # ...linearly, as in BERT
     assert lr[110] == lr[119] == 0.1
-    cos = [train.get_lr(s, 1.0, 10, 110, 0.1, "cosine") for s in (10, 60, 110)]
+    cos = [runtime.get_lr(s, 1.0, 10, 110, 0.1, "cosine") for s in (10, 60, 110)]
     assert cos[0] == 1.0 and abs(cos[1] - 0.55) < 1e-9 and cos[2] == 0.1
-    assert train.get_lr(35, 1.0, 10, 110, 0.1, "cosine") > train.get_lr(35, 1.0, 10, 110, 0.1)
+    assert runtime.get_lr(35, 1.0, 10, 110, 0.1, "cosine") > runtime.get_lr(35, 1.0, 10, 110, 0.1)
 
 
 def test_device_and_precision_stand_ins(monkeypatch):
-    assert train.init_distributed() == (False, 0, 0, 1)
-    assert train.pick_device("auto") in ("cpu", "mps") or train.pick_device("auto").startswith("cuda:")
-    assert train.pick_device("cpu") == "cpu"
+    assert runtime.init_distributed() == (False, 0, 0, 1)
+    assert runtime.pick_device("auto") in ("cpu", "mps") or runtime.pick_device("auto").startswith("cuda:")
+    assert runtime.pick_device("cpu") == "cpu"
     monkeypatch.setenv("RANK", "1")  # under torchrun, each process's GPU is its LOCAL_RANK's
     with pytest.raises(SystemExit, match="use --device=cuda"):
-        train.pick_device("cuda:1", local_rank=1)
-    ctx, scaler = train.autocast_and_scaler("cpu")
+        runtime.pick_device("cuda:1", local_rank=1)
+    ctx, scaler = runtime.autocast_and_scaler("cpu")
     assert not scaler.is_enabled()
     with ctx:
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
-    ctx, scaler = train.autocast_and_scaler("cpu", "bfloat16")
+    ctx, scaler = runtime.autocast_and_scaler("cpu", "bfloat16")
     with ctx:
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with pytest.raises(SystemExit, match="dtype"):
-        train.autocast_and_scaler("cpu", "float8")
+        runtime.autocast_and_scaler("cpu", "float8")
 
 
 KEEP_FREED_PROBE = """
-import ctypes, sys, torch, train
+import ctypes, sys, torch, runtime
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Mallinfo2
-kept = train.keep_freed_memory() if sys.argv[1] == "keep" else None
+kept = runtime.keep_freed_memory() if sys.argv[1] == "keep" else None
 x = torch.ones(2 ** 26); during = libc.mallinfo2(); del x; after = libc.mallinfo2()  # 256 MiB, then freed
 print(kept, during.hblkhd >> 20, during.arena >> 20, after.arena >> 20)  # MiB mmapped, heap, heap
 """
@@ -290,9 +292,9 @@ def test_overfit_one_batch(counting):
     from model import BertConfig, BertForPreTraining
     torch.manual_seed(0)
     corpus = train.Corpus(counting, "train")
-    P = train.max_predictions_for(32, 0.15)
+    P = max_predictions_for(32, 0.15)
     batch = train.get_batch(corpus, train.batch_rng(0, "train", 0, 0), 8, 32, True, 0.15, P)
-    model = BertForPreTraining(BertConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
+    model = BertForPreTraining(BertConfig(max_positions=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0))
     opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
     for _ in range(150):
         mlm_logits, nsp_logits, loss = model(**batch, max_predictions=P)
@@ -318,8 +320,9 @@ def test_short_run_lowers_val_loss(counting, tmp_path):
     assert evals[0]["val_mlm_acc"] < 0.01 and evals[-1]["val_mlm_acc"] > 0.3
     steps = [r for r in read_log(out) if "lr" in r]
     assert len(steps) == 60 and all(k in steps[0] for k in ("loss", "mlm_acc", "nsp_acc", "ms_per_step", "tokens_per_sec", "mfu"))
-    ckpt = train.load_checkpoint(str(out))
-    assert {"model", "model_config", "optimizer", "step", "best_val_loss", "config", "rng", "tokenizer"} <= set(ckpt)
+    ckpt = runtime.load_checkpoint(str(out))
+    assert {"model", "model_config", "optimizer", "step", "best_val_loss", "config", "tokenizer", "kind", "checksum"} <= set(ckpt)
+    assert ckpt["kind"] == "pretraining" and evals[-1]["tokens"] == 60 * 256
     assert ckpt["step"] == 60 and ckpt["tokenizer"] == "gpt2" and ckpt["best_val_loss"] == evals[-1]["val_loss"]
     assert ckpt["config"]["max_steps"] == 60 and ckpt["model_config"]["n_embd"] == 32
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in ckpt["model"])
@@ -343,7 +346,8 @@ def test_mlm_only_run(counting, tmp_path):
     last = read_log(out)[-1]
     assert last["step"] == 4 and "val_mlm_loss" in last and "val_nsp_loss" not in last
     # the pooler and NSP head, which MLM alone never trains, are frozen at their initial weights
-    fresh = train.main(tiny_run(counting, tmp_path / "fresh", "--max_steps=0", "--nsp=False"))
+    torch.manual_seed(1337)  # train.py's seed: its initial weights
+    fresh = BertForPreTraining(model.config)
     for name in ("bert.pooler.weight", "nsp.weight"):
         assert not model.get_parameter(name).requires_grad
         assert torch.equal(model.get_parameter(name), fresh.get_parameter(name))
@@ -351,8 +355,8 @@ def test_mlm_only_run(counting, tmp_path):
     # a resume keeps the setting; switching it says how to resume
     train.main(tiny_run(counting, out, "--max_steps=6", "--eval_interval=4", "--nsp=False", "--init_from=resume"))
     assert read_log(out)[-1]["step"] == 6
-    with pytest.raises(SystemExit, match="trained with nsp=False: resume with --nsp=False"):
-        train.main(tiny_run(counting, out, "--max_steps=8", "--init_from=resume"))
+    with pytest.raises(SystemExit, match="trained with nsp=False, but this command says nsp=True"):
+        train.main(tiny_run(counting, out, "--max_steps=8", "--init_from=resume", "--nsp=True"))
 
 
 def test_resume_is_exact(counting, tmp_path):
@@ -360,11 +364,11 @@ def test_resume_is_exact(counting, tmp_path):
     common = ("--max_steps=8", "--eval_interval=4", "--dropout=0.1", "--tokens_per_step=512")  # 2 micro-steps
     whole = train.main(tiny_run(counting, tmp_path / "a", *common))
     train.main(tiny_run(counting, tmp_path / "b", *common, "--run_steps=3"))
-    assert train.load_checkpoint(str(tmp_path / "b"))["step"] == 3
+    assert runtime.load_checkpoint(str(tmp_path / "b"))["step"] == 3
     resumed = train.main(tiny_run(counting, tmp_path / "b", *common, "--init_from=resume"))
     for k, v in whole.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), f"{k} differs after resume"
-    a, b = (train.load_checkpoint(str(tmp_path / d)) for d in "ab")
+    a, b = (runtime.load_checkpoint(str(tmp_path / d)) for d in "ab")
     assert a["step"] == b["step"] == 8
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
@@ -384,7 +388,7 @@ def test_signal_saves_and_stops(counting, tmp_path):
 
     threading.Thread(target=interrupt_after_first_step, daemon=True).start()
     train.main(tiny_run(counting, out, "--max_steps=100000", "--eval_interval=100000"))
-    step = train.load_checkpoint(str(out))["step"]
+    step = runtime.load_checkpoint(str(out))["step"]
     assert 1 <= step < 1000
     assert "SIGTERM" not in str(__import__("signal").getsignal(__import__("signal").SIGTERM))  # handler restored
 
@@ -433,10 +437,10 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(counting, tmp_path):
     out = tmp_path / "out"
     train.main(tiny_run(counting, out, "--max_steps=4", "--eval_interval=4"))
     good = (out / "ckpt.pt").read_bytes()
-    # an infinite learning rate turns the weights to NaN in one step
+    # a huge learning rate turns the weights to NaN in one step; the run it replaces keeps its checkpoint
     with pytest.raises(SystemExit, match="NaN"):
-        train.main(tiny_run(counting, out, "--max_steps=8", "--eval_interval=2", "--init_from=resume",
-                            "--learning_rate=1e999", "--warmup_steps=0"))
+        train.main(tiny_run(counting, out, "--max_steps=8", "--eval_interval=2", "--overwrite=True",
+                            "--learning_rate=1e30", "--warmup_steps=0"))
     assert (out / "ckpt.pt").read_bytes() == good
 
 

@@ -1,0 +1,282 @@
+"""
+How a script here runs: processes, device, precision, the learning-rate schedule, the optimizer step,
+and checkpoint files. train.py, finetune.py, sample.py, bench.py and export.py import it; scripts never
+import each other.
+
+A checkpoint is one torch.save'd dict, written atomically, that says what wrote it ("kind":
+"pretraining" from train.py, "finetuning" from finetune.py) and carries a SHA-256 of every tensor in
+it, checked on load: a flipped or zeroed byte is found before it is trained on or sampled from.
+"""
+import atexit
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import signal
+import sys
+from contextlib import nullcontext
+
+import torch
+
+# -----------------------------------------------------------------------------
+# Processes and devices
+
+def init_distributed():
+    """(ddp, rank, local_rank, world_size). Under torchrun (RANK/WORLD_SIZE/LOCAL_RANK in the environment,
+    one node or many) joins the process group, which is destroyed when the process exits, whichever
+    way it exits (NCCL asks for that); otherwise a single process: (False, 0, 0, 1)."""
+    if "RANK" not in os.environ:
+        return False, 0, 0, 1
+    import torch.distributed as dist
+    rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():  # a second main() in the same process keeps the group
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return True, rank, local_rank, world_size
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+
+
+def check_device(device):
+    """A message if device names no device this machine has, else None. For settings checks."""
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        return f"device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}"
+    if device.startswith("cuda:") and "RANK" in os.environ:
+        return (f"device={device!r}: under torchrun every process takes the GPU of its LOCAL_RANK; use --device=cuda "
+                "(and CUDA_VISIBLE_DEVICES to choose the GPUs)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"device={device!r} but torch sees no CUDA GPU; use --device=auto or --device=cpu"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "device='mps' but torch sees no Apple GPU; use --device=auto or --device=cpu"
+    return None
+
+
+def pick_device(device="auto", local_rank=0):
+    """'auto' -> 'cuda:<local_rank>', else 'mps', else 'cpu'. 'cuda' means this process's GPU."""
+    problem = check_device(device)
+    if problem:
+        raise SystemExit(problem)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{local_rank}"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def keep_freed_memory():
+    """On a CPU under Linux, make malloc keep big freed buffers for reuse. glibc gives every block over
+    its mmap threshold (128 KiB, rising to 32 MiB at most) a mapping of its own and unmaps it when it is
+    freed: the MLM logits, the larger activations and gradients. The next step page-faults them in
+    again, zero-filled, and that was a third of a bert_tiny training step on two cores. The cost:
+    resident memory stays at its peak. Returns whether the setting took (False without glibc)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>; see `man mallopt`
+    # never mmap a block on its own, and never shrink the heap (a threshold of -1 turns trimming off)
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
+
+
+def speed_settings(device_type):
+    """The process-wide speed settings: TF32 for the fp32 matmuls outside autocast on a GPU; on a CPU,
+    malloc keeps freed memory. Returns whether it does."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device_type == "cpu" and keep_freed_memory()
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_and_scaler(device_type, dtype="auto"):
+    """The mixed-precision context for forward passes and the GradScaler for backward. 'auto': bf16 on
+    GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU and MPS. The fp32 case gets
+    a null context and a disabled scaler, so the training loop has a single path."""
+    if dtype not in DTYPES:
+        raise SystemExit(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    ptdtype = getattr(torch, dtype)
+    ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
+    # fp16 has too little range for raw gradients; bf16 and fp32 do not need scaling
+    scaler = torch.amp.GradScaler(device_type, enabled=ptdtype == torch.float16)
+    return ctx, scaler
+
+
+def to_device(batch, device):
+    """A dict of CPU tensors (or None) onto device; on a GPU from pinned memory, so that the copy
+    overlaps the step that is running."""
+    if device.startswith("cuda"):
+        return {k: None if v is None else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: None if v is None else v.to(device) for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# Optimization
+
+DECAYS = ("linear", "cosine")
+
+
+def get_lr(step, learning_rate, warmup_steps, max_steps, min_lr, decay="linear"):
+    """Linear warmup from 0, then linear (BERT) or cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return learning_rate * (step + 1) / (warmup_steps + 1)
+    if step >= max_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    coeff = {"linear": lambda r: 1.0 - r, "cosine": lambda r: 0.5 * (1.0 + math.cos(math.pi * r))}[decay](ratio)
+    return min_lr + coeff * (learning_rate - min_lr)
+
+
+def optimizer_step(optimizer, scaler, params, grad_clip):
+    """Unscale (fp16 only), clip the global gradient norm, step, and clear the gradients."""
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def all_finite(module):
+    return all(torch.isfinite(p).all() for p in module.parameters())
+
+
+# -----------------------------------------------------------------------------
+# Files
+
+KINDS = {"pretraining": "train.py", "finetuning": "finetune.py"}
+
+
+def checksum(ckpt):
+    """SHA-256 over every tensor in a checkpoint (names, dtypes, shapes and bytes), in a fixed order."""
+    h = hashlib.sha256()
+
+    def walk(name, obj):
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}:{obj.dtype}:{tuple(obj.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                walk(f"{name}.{k}", obj[k])
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{name}.{i}", v)
+    walk("", {k: v for k, v in ckpt.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def write_atomic(path, write):
+    """write(tmp_path) into a temporary file beside path, flushed to disk, then renamed over path: a
+    crash midway leaves the previous file intact, and a failed write (a full disk) removes its
+    temporary file and says so."""
+    tmp = path + ".tmp"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise SystemExit(f"could not write {path} ({e.strerror or e}); "
+                             f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}")
+        raise
+
+
+def write_bytes(path, data):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomic(path, write)
+
+
+def save_checkpoint(ckpt, path):
+    """Atomically, with the checksum of its tensors. ckpt["kind"] says which tool wrote it."""
+    assert ckpt.get("kind") in KINDS, "a checkpoint says what wrote it"
+    ckpt = {**ckpt, "checksum": checksum(ckpt)}
+    write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def checkpoint_path(path):
+    return os.path.join(path, "ckpt.pt") if os.path.isdir(path) or not path.endswith(".pt") else path
+
+
+def load_checkpoint(path, kinds=tuple(KINDS), map_location="cpu"):
+    """A checkpoint written by save_checkpoint (path: the file or its folder), of one of `kinds`, with one
+    clear message for each way it can fail: missing, unreadable, damaged, or from another tool."""
+    path = checkpoint_path(path)
+    if not os.path.isfile(path):
+        raise SystemExit(f"no checkpoint at {path}: train one with `python train.py`, or point at a folder "
+                         "that holds ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "it may be truncated or from another program. Restore it from a copy, or start without it")
+    if not isinstance(ckpt, dict) or {"model", "model_config", "kind", "checksum"} - set(ckpt):
+        raise SystemExit(f"{path} is not a checkpoint of this project, or was written by an older version of it")
+    if checksum(ckpt) != ckpt["checksum"]:
+        raise SystemExit(f"checkpoint {path} is damaged: its tensors do not match the checksum written with them. "
+                         "Restore it from a copy")
+    if ckpt["kind"] not in kinds:
+        want = " or ".join(f"{k} ({KINDS[k]})" for k in kinds)
+        raise SystemExit(f"{path} is a {ckpt['kind']} checkpoint ({KINDS.get(ckpt['kind'], '?')}); this needs {want}")
+    return ckpt
+
+
+def refuse_overwrite(path, what, resume_hint=""):
+    """One message when a run would replace a file it did not start from."""
+    if os.path.exists(path):
+        raise SystemExit(f"{path} already holds {what}, which this run would replace: {resume_hint}choose another "
+                         "out_dir, or pass --overwrite=True to replace it")
+
+
+def check_writable(folder):
+    """A message if folder cannot be created or written, else None. For settings checks."""
+    probe = folder
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    probe = probe or "."
+    if not os.path.isdir(probe):
+        return f"out_dir={folder!r}: {probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"out_dir={folder!r} is not writable (no write permission on {probe})"
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Stopping
+
+class StopSignal:
+    """SIGTERM (a preempted job) or SIGINT (Ctrl-C) asks a run to save and stop at the next check;
+    a second signal acts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signum, self.previous[signum])
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next log step, then stopping "
+              "(send it again to stop at once)", flush=True)
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def run(main):
+    """A script's entry point: Ctrl-C ends it with one line instead of a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted")  # exit status 1; files are written atomically, so nothing is half-written
