@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import model as model_lib
 from model import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel, gather_masked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,3 +258,37 @@ def test_compiled_step_does_not_recompile():
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_weights_are_initialised_once(monkeypatch):
+    calls = []
+    original = model_lib._Base._init_weights
+    monkeypatch.setattr(model_lib._Base, "_init_weights", lambda self, m: (calls.append(m), original(self, m)))
+    for cls in (model_lib.BertModel, model_lib.BertForPreTraining, model_lib.BertForSequenceClassification):
+        calls.clear()
+        net = cls(BertConfig(**TINY))
+        assert len(calls) == len(list(net.modules())), cls.__name__  # apply() visits every module once
+
+
+def test_peak_flops_by_exact_device_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, peak in [("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
+                       ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA B200", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda: name)
+        assert model_lib.peak_flops("cuda") == peak, name
+    assert model_lib.peak_flops("cpu") is None
+
+
+def test_mean_pooling_head():
+    torch.manual_seed(0)
+    net = model_lib.BertForSequenceClassification(BertConfig(**TINY), n_labels=3, pooling="mean").eval()
+    idx = torch.randint(0, 90, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    logits, _ = net(idx, attention_mask=mask)
+    hidden, _ = net.bert(idx, attention_mask=mask)
+    want = net.classifier(torch.stack([hidden[0].mean(0), hidden[1, :4].mean(0)]))
+    torch.testing.assert_close(logits, want)
+    with pytest.raises(ValueError, match="pooling"):
+        model_lib.BertForSequenceClassification(BertConfig(**TINY), pooling="max")
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        BertConfig(n_embd=30, n_head=4)
