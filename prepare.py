@@ -16,15 +16,23 @@ parallel processes and streamed to disk in bounded memory. The output folder hol
     meta.json                     tokenizer, special ids, counts and source; written last, so a
                                   folder without it holds an interrupted run
 
+A run that stops early (bad input, a full disk, Ctrl-C) says why in one line and leaves the folder
+as it was.
+
 Documents are stripped of surrounding whitespace and empty ones skipped. Validation documents come
 from the dataset's own validation split, or else every 1/val_fraction-th document is held out.
 """
 import argparse
 import codecs
+import contextlib
+import errno
 import glob
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -58,6 +66,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.doc_per_file and not args.files:
         p.error("--doc_per_file goes with --files")
+    if args.dataset and os.path.isfile(args.dataset):
+        p.error(f"--dataset takes a dataset name or folder, and {args.dataset} is a file: pass it with --files "
+                "(plain text) or --jsonl (JSON lines)")
     if not 0 <= args.val_fraction < 1:
         p.error("--val_fraction must be in [0, 1)")
     if args.num_proc < 1:
@@ -90,6 +101,53 @@ def resolve_files(patterns):
     return sorted(set(files))
 
 
+def check_text(path, n=1 << 16):
+    """Refuse a file that is not text before datasets reads it: a NUL byte near the start means a binary or
+    compressed file, or UTF-16. (datasets would unpack a .gz itself, but the byte counts here would be wrong.)"""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(n)
+    except OSError as e:
+        raise SystemExit(f"cannot read {path}: {e.strerror}")
+    if b"\0" in head:
+        raise SystemExit(f"{path} is not UTF-8 text (it holds NUL bytes): a binary or compressed file, or UTF-16 "
+                         "text. Unpack or convert it (iconv -f UTF-16 -t UTF-8), or leave it out")
+
+
+def first_bad_json_line(files):
+    """'<file> line <n> is not ...' for the first line of the JSON lines files that is not a JSON object, or None."""
+    for path in files:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.strip())
+                except ValueError as e:
+                    return f"{path} line {n} is not JSON ({e})"
+                if not isinstance(row, dict):
+                    return f"{path} line {n} is not a JSON object: {line.strip()[:50]}"
+    return None
+
+
+def hub_unreachable(timeout=5):
+    """Why the HuggingFace hub cannot be reached, or None. One request with a short timeout, because offline
+    huggingface_hub retries each request for ~25 s before it says so. An HTTP or TLS error means it answered."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # huggingface_hub's setting for a mirror
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except OSError as e:  # URLError wraps the reason: no DNS, connection refused, timed out
+        reason = getattr(e, "reason", e)
+        return None if isinstance(reason, ssl.SSLError) else f"{url}: {reason}"
+    return None
+
+
 _bad_bytes = [0]
 
 
@@ -116,14 +174,19 @@ def load_corpus(args):
     """-> (DatasetDict, description of the source for meta.json, number of undecodable bytes)"""
     import datasets  # after argparse, so --help stays quick
 
+    what = args.dataset or " ".join(args.files or args.jsonl)
     if args.dataset:
         path, kwargs = args.dataset, dict(name=args.config)
         source = dict(dataset=args.dataset, config=args.config, text_column=args.text_column)
         files = []
     else:
         files = resolve_files(args.files or args.jsonl)
+        for f in files:
+            check_text(f)
         # utf-8-sig drops a byte order mark; undecodable bytes become U+FFFD (counted below)
-        kwargs = dict(data_files=files, encoding="utf-8-sig", encoding_errors="replace")
+        # without empty files: datasets fails on a file with no rows when it converts files in parallel
+        kwargs = dict(data_files=[f for f in files if os.path.getsize(f)], encoding="utf-8-sig",
+                      encoding_errors="replace")
         if args.files:
             path = "text"
             kwargs["sample_by"] = "document" if args.doc_per_file else "paragraph"
@@ -131,19 +194,44 @@ def load_corpus(args):
         else:
             path = "json"
             source = dict(jsonl=args.jsonl, text_column=args.text_column)
+            # it logs a malformed line as an error, then raises it; the message below names the file and line
+            logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
         source.update(n_files=len(files), bytes=sum(os.path.getsize(f) for f in files))
         if source["bytes"] == 0:
-            raise SystemExit(f"empty corpus: {' '.join(args.files or args.jsonl)} matches only empty files")
+            raise SystemExit(f"empty corpus: {what} matches only empty files")
+    hint = ""
+    if args.dataset and not os.path.exists(args.dataset) and args.dataset.count("/") <= 1:  # a name on the hub
+        local = "local files with --files or --jsonl (or --dataset with a folder)"
+        if datasets.config.HF_HUB_OFFLINE:
+            hint = f"; offline mode is on (HF_HUB_OFFLINE), so only datasets' cache was searched: use {local}"
+        elif why := hub_unreachable():
+            # offline mode, as HF_HUB_OFFLINE=1 would set it (both are read at each call): datasets' cache, or
+            # a message at once, rather than after huggingface_hub's retries
+            import huggingface_hub.constants
+            datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+            hint = f"; the hub is unreachable ({why}), so only datasets' cache was searched. Offline? Use {local}"
+        else:
+            hint = "; check the name, --config and your connection to huggingface.co (or use --files/--jsonl)"
     try:
-        num_proc = min(args.num_proc, len(files)) if files else args.num_proc  # Arrow conversion: a file per process
+        # Arrow conversion: a file per process
+        num_proc = min(args.num_proc, len(kwargs["data_files"])) if files else args.num_proc
         dd = datasets.load_dataset(path, **kwargs, cache_dir=args.cache_dir, num_proc=num_proc)
     except Exception as e:  # offline, unknown name or config, malformed JSON: say which, then stop
-        while e.__cause__ is not None:  # datasets wraps the error that says what is wrong
+        if interrupted(e):
+            raise KeyboardInterrupt from None
+        # datasets wraps the error that says what is wrong; a worker's traceback as text is not it
+        while e.__cause__ is not None and type(e.__cause__).__name__ != "RemoteTraceback":
             e = e.__cause__
-        hint = ("; check the name, --config and your connection to huggingface.co (or use --files/--jsonl)"
-                if args.dataset else "")
-        raise SystemExit(f"could not load {args.dataset or ' '.join(args.files or args.jsonl)}: "
-                         f"{type(e).__name__}: {e}{hint}")
+        if args.jsonl and (bad_line := first_bad_json_line(files)):
+            raise SystemExit(f"could not load {what}: {bad_line}")
+        if isinstance(e, ValueError) and "corresponds to no data" in str(e):  # no row in any file
+            raise SystemExit(f"empty corpus: {what} holds no document")
+        why = f"{type(e).__name__}: {e}"
+        if type(e.__cause__).__name__ == "RemoteTraceback":  # from a worker: the last line of its first traceback
+            why = re.split(r"\n\n(?:The above|During handling)", str(e.__cause__))[0].strip().splitlines()[-1]
+        if "[Errno 28]" in why:
+            hint = ": free some space, or choose another --cache_dir for datasets' copy of the corpus"
+        raise SystemExit(f"could not load {what}: {why}{hint}")
     bad = {f: n for f in files if (n := count_undecodable(f))}
     if bad:
         print(f"warning: replaced {sum(bad.values())} undecodable bytes with U+FFFD in {len(bad)} file(s), "
@@ -236,11 +324,17 @@ def write_bins(tokenized, n_docs, tmp, batch_size=10_000):
     import pyarrow.compute as pc
     from tqdm.auto import tqdm  # a dependency of datasets
 
-    bins = {s: open(tmp[f"{s}.bin"], "wb") for s in SPLITS}
-    offs = {s: np.lib.format.open_memmap(tmp[f"{s}_docs.npy"], mode="w+", dtype=np.int64, shape=(n_docs[s] + 1,))
-            for s in SPLITS}
     n_tokens, row = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
-    with tqdm(total=sum(n_docs.values()), unit="docs", desc="writing") as bar:
+    with contextlib.ExitStack() as files, tqdm(total=sum(n_docs.values()), unit="docs", desc="writing") as bar:
+        bins = {s: files.enter_context(open(tmp[f"{s}.bin"], "wb")) for s in SPLITS}
+        offs = {s: files.enter_context(open(tmp[f"{s}_docs.npy"], "wb")) for s in SPLITS}
+        for s in SPLITS:
+            # the .npy header, then the offsets in order: plain writes, so that a full disk is an OSError
+            # (in a memory-mapped file it is a SIGBUS that kills the process)
+            header = dict(descr=np.lib.format.dtype_to_descr(np.dtype(np.int64)), fortran_order=False,
+                          shape=(n_docs[s] + 1,))
+            np.lib.format.write_array_header_1_0(offs[s], header)
+            offs[s].write(np.zeros(1, dtype=np.int64))
         for t in tokenized:
             for batch in t.with_format("arrow").iter(batch_size=batch_size):
                 ids, is_val = batch.column("ids").combine_chunks(), batch.column("val").to_numpy()
@@ -249,20 +343,38 @@ def write_bins(tokenized, n_docs, tmp, batch_size=10_000):
                     if len(part) == 0:
                         continue
                     flat = pc.list_flatten(part).to_numpy()
-                    flat.tofile(bins[s])
-                    ends = n_tokens[s] + np.cumsum(pc.list_value_length(part).to_numpy(), dtype=np.int64)
-                    offs[s][row[s] + 1: row[s] + 1 + len(part)] = ends
+                    bins[s].write(flat)
+                    offs[s].write(n_tokens[s] + np.cumsum(pc.list_value_length(part).to_numpy(), dtype=np.int64))
                     n_tokens[s] += len(flat)
                     row[s] += len(part)
                 bar.update(len(batch))
-    for s in SPLITS:
-        assert row[s] == n_docs[s] and offs[s][-1] == n_tokens[s]
-        offs[s].flush()
-        bins[s].flush()
-        os.fsync(bins[s].fileno())
-        bins[s].close()
-    del offs
+        assert row == n_docs, "the .npy headers hold the number of documents"
+        for f in (*bins.values(), *offs.values()):
+            f.flush()
+            os.fsync(f.fileno())
     return n_tokens
+
+
+def ignore_ctrl_c_in_workers():
+    """Ctrl-C reaches every process in the terminal's group: this one and the workers of datasets' pools,
+    which are forked from it and inherit this handler. A worker ignores it (its pool terminates it) rather
+    than print a traceback of its own; this process stops. Returns the handler it replaces."""
+    main_pid = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, handle)
+
+
+def interrupted(e):
+    """Whether e is a Ctrl-C or came while handling one: datasets' pool turns it into a TimeoutError."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__context__
+    return False
 
 
 def prepare(args):
@@ -270,15 +382,22 @@ def prepare(args):
     if any(os.path.exists(os.path.join(args.out_dir, f)) for f in OUTPUTS) and not args.overwrite:
         raise SystemExit(f"{args.out_dir} already holds prepared data: pass --overwrite to replace it, "
                          "or choose another --out_dir")
-    dd, source, bad_bytes = load_corpus(args)
-    parts = select_splits(dd, args)
-    source.update(split=args.split, val_split=args.val_split if len(parts) == 2 else None,
-                  val_fraction=None if len(parts) == 2 else args.val_fraction)
+    new_dirs, d = [], os.path.abspath(args.out_dir)  # the folders this run creates, removed again if it fails
+    while not os.path.exists(d):
+        new_dirs, d = new_dirs + [d], os.path.dirname(d)
+    if not os.path.isdir(d):
+        raise SystemExit(f"--out_dir {args.out_dir}: {d} is a file, not a folder")
     # everything unfinished lives in out_dir/.tmp (same file system, so os.replace is atomic)
     scratch = os.path.join(args.out_dir, ".tmp")
-    os.makedirs(scratch, exist_ok=True)
     tmp = {f: os.path.join(scratch, f) for f in OUTPUTS}
+    previous_handler = ignore_ctrl_c_in_workers()
     try:
+        GPT2Tokenizer()  # fails here, once, offline without its files; forked workers inherit tiktoken's loaded copy
+        os.makedirs(scratch, exist_ok=True)
+        dd, source, bad_bytes = load_corpus(args)
+        parts = select_splits(dd, args)
+        source.update(split=args.split, val_split=args.val_split if len(parts) == 2 else None,
+                      val_fraction=None if len(parts) == 2 else args.val_fraction)
         t1 = time.time()
         tokenized = tokenize(parts, args, os.path.join(scratch, "tokens"))
         t2 = time.time()
@@ -299,13 +418,31 @@ def prepare(args):
         with open(tmp["meta.json"], "w") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
-        # meta.json goes first and comes back last: a folder with meta.json holds one complete run
+        # meta.json goes first and comes back last: a folder with meta.json holds one complete run.
+        # Ctrl-C is ignored from here on, so that these few renames never stop halfway
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if os.path.exists(os.path.join(args.out_dir, "meta.json")):
             os.remove(os.path.join(args.out_dir, "meta.json"))
         for f in OUTPUTS:
             os.replace(tmp[f], os.path.join(args.out_dir, f))
+    except BaseException as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        if interrupted(e):
+            raise SystemExit(f"interrupted; {args.out_dir} is left as it was") from None
+        if isinstance(e, OSError):  # no permission, a read-only file system, a full disk
+            where = f" ({e.filename})" if e.filename else ""
+            hint = ": free some space, or choose another --out_dir" if e.errno == errno.ENOSPC else ""
+            raise SystemExit(f"could not write {args.out_dir}: {e.strerror or e}{where}; it is left as it was{hint}"
+                             ) from None
+        raise
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         shutil.rmtree(scratch, ignore_errors=True)
+        for d in new_dirs:
+            try:
+                os.rmdir(d)  # only if the run left it empty
+            except OSError:
+                break
     t3, total = time.time(), n_tokens["train"] + n_tokens["val"]
     print(f"wrote {args.out_dir}: train {n_docs['train']:,} docs {n_tokens['train']:,} tokens, "
           f"val {n_docs['val']:,} docs {n_tokens['val']:,} tokens")

@@ -11,14 +11,36 @@ The model's embedding table is padded to 50304 rows (a multiple of 64, for fast 
 50260 are never produced. HuggingFace BERT checkpoints bring their own WordPiece vocabulary, which
 `WordPieceTokenizer` reads from the checkpoint folder.
 """
+import hashlib
 import json
 import os
 import re
+import tempfile
 
 EOT, CLS, SEP, MASK, PAD = 50256, 50257, 50258, 50259, 50260
 N_TEXT = EOT                # ids [0, N_TEXT) are text
 VOCAB_SIZE = 50304          # the model's vocab_size for our checkpoints
 MASK_TOKEN = "[MASK]"
+
+
+GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"  # tiktoken_ext/openai_public.py
+
+
+def gpt2_files_problem(e):
+    """What to do when tiktoken.get_encoding("gpt2") raised e. tiktoken reads two files from its cache folder,
+    named by the sha1 of their URL, and downloads them into it when they are missing."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache = os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        cache = os.environ.get("DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    names = {f: hashlib.sha1((GPT2_URL + f).encode()).hexdigest() for f in ("vocab.bpe", "encoder.json")}
+    if all(os.path.isfile(os.path.join(cache, n)) for n in names.values()):
+        return (f"tiktoken cannot load the GPT-2 encoding from its files in {cache} ({type(e).__name__}: {e}); "
+                "they may be damaged: copy them again")
+    return (f"tiktoken cannot load the GPT-2 encoding: its two files are not in {cache or '(no cache folder)'} and "
+            f"downloading them failed ({type(e).__name__}). Offline? Copy {' and '.join(names)} from {GPT2_URL} to "
+            f"a folder as {' and '.join(names.values())} (tiktoken's names for them) and set TIKTOKEN_CACHE_DIR "
+            "to that folder")
 
 
 class GPT2Tokenizer:
@@ -30,7 +52,10 @@ class GPT2Tokenizer:
 
     def __init__(self):
         import tiktoken
-        self.enc = tiktoken.get_encoding("gpt2")
+        try:
+            self.enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # offline, tiktoken cannot download its two GPT-2 files
+            raise SystemExit(gpt2_files_problem(e)) from None
         assert self.enc.n_vocab == EOT + 1 and self.enc.eot_token == EOT
 
     def encode(self, text):

@@ -1,9 +1,16 @@
 """prepare.py on small corpora made here: round trip, document index, split, determinism, bad input."""
+import hashlib
 import json
 import os
 import random
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +205,22 @@ def test_empty_corpus(tmp_path):
     assert not (tmp_path / "out" / "train.bin").exists()
 
 
+def test_empty_file_among_others(tmp_path, tok):
+    # datasets, converting a file per process, fails on one with no rows; prepare.py leaves it out
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
+    (tmp_path / "b.txt").write_text("")
+    out = run(tmp_path, "--files", tmp_path / "*.txt", "--val_fraction", 0.34, num_proc=2)
+    assert read_split(out, "train", tok)[2] + read_split(out, "val", tok)[2] == ["one", "two", "three"]
+    assert json.loads((out / "meta.json").read_text())["source"]["n_files"] == 2
+
+
+def test_dataset_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("one\n")
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--dataset", tmp_path / "a.txt")
+    assert "a.txt is a file: pass it with --files (plain text) or --jsonl" in capsys.readouterr().err
+
+
 def test_too_few_documents_for_a_split(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
     with pytest.raises(SystemExit, match="no val documents.*raise --val_fraction"):
@@ -212,10 +235,15 @@ def test_missing_or_wrong_column(tmp_path):
         run(tmp_path, "--jsonl", tmp_path / "a.jsonl", "--text_column", "n")
 
 
-def test_malformed_json(tmp_path):
+def test_malformed_json(tmp_path, capfd):
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"text": "broken"\n')
-    with pytest.raises(SystemExit, match="could not load .*JSON parse error"):
-        run(tmp_path, "--jsonl", tmp_path / "a.jsonl")
+    (tmp_path / "b.jsonl").write_text('{"text": "fine"}\n')
+    with pytest.raises(SystemExit, match=r"could not load .*a\.jsonl line 2 is not JSON \(Expecting ','"):
+        run(tmp_path, "--jsonl", tmp_path / "*.jsonl")
+    assert "Failed to load JSON" not in capfd.readouterr().err  # datasets' own report of it is not repeated
+    (tmp_path / "blank.jsonl").write_text("\n\n \n")
+    with pytest.raises(SystemExit, match="empty corpus: .*blank.jsonl holds no document"):
+        run(tmp_path, "--jsonl", tmp_path / "blank.jsonl")
 
 
 @pytest.mark.parametrize("kind", ["files", "jsonl"])
@@ -254,16 +282,16 @@ def test_interrupted_run_leaves_no_bins(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare, "write_bins", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="interrupted; .*out is left as it was"):
         run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
-    assert os.listdir(tmp_path / "out") == []  # no train.bin, and no temporary or scratch file left
+    assert not (tmp_path / "out").exists()  # the folder it made, with no train.bin, no temporary or scratch file
     # over an earlier run: the old files stay as they were
     monkeypatch.setattr(prepare, "write_bins", real_write_bins)
     out = run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34)
     before = {f: (out / f).read_bytes() for f in OUTPUTS}
     monkeypatch.setattr(prepare, "write_bins", write_then_die)
     (tmp_path / "a.txt").write_text("uno\n\ndos\n\ntres\n")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="interrupted"):
         run(tmp_path, "--files", tmp_path / "a.txt", "--val_fraction", 0.34, "--overwrite")
     assert {f: (out / f).read_bytes() for f in sorted(os.listdir(out))} == before
 
@@ -276,3 +304,153 @@ def test_hub_unreachable_is_one_message(tmp_path):
     assert r.returncode == 1
     assert "could not load roneneldan/TinyStories" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the command line, bad input
+# One message on stderr, no traceback, and the files of an earlier run left as they were (issue 11)
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_env(**extra):
+    """The environment without a network: proxies that refuse every connection, none bypassed."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")}
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    return {**env, "HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, **extra}
+
+
+def cli(*argv, env=None, **kwargs):
+    return subprocess.run([sys.executable, "prepare.py", *map(str, argv)], cwd=ROOT, env=env or os.environ,
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def md5s(folder):
+    return {str(f.relative_to(folder)): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(Path(folder).rglob("*")) if f.is_file()}
+
+
+def one_message(stdout, stderr, returncode):
+    """The one line on stderr that is not a progress bar, after checking there is no traceback."""
+    assert returncode == 1 and "Traceback" not in stdout + stderr, stderr
+    # a progress bar that was cut short ends without a newline when stderr is not a terminal
+    lines = [s for s in re.split(r"[\r\n]|(?<=/s\])", stderr) if s.strip() and not re.search(r"/s\]\s*$", s)]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def earlier_run(corpus, tmp_path):
+    """A copy of a good output folder, and its md5s."""
+    out = shutil.copytree(corpus[1], tmp_path / "earlier")
+    return out, md5s(out)
+
+
+def test_offline_without_the_gpt2_files(tmp_path, corpus, earlier_run):
+    # tiktoken fails once, in the main process, before any tokenizer process starts
+    (tmp_path / "empty").mkdir()
+    t0 = time.time()
+    r = cli("--files", corpus[0] / "txt" / "*.txt", "--out_dir", earlier_run[0], "--overwrite", "--num_proc", 2,
+            env=offline_env(TIKTOKEN_CACHE_DIR=str(tmp_path / "empty")))
+    assert time.time() - t0 < 20
+    msg = one_message(r.stdout, r.stderr, r.returncode)
+    assert msg.startswith("tiktoken cannot load the GPT-2 encoding") and "TIKTOKEN_CACHE_DIR" in msg
+    assert md5s(earlier_run[0]) == earlier_run[1]
+
+
+def test_hub_unreachable_fails_fast(tmp_path):
+    # without HF_HUB_OFFLINE, huggingface_hub retries every request for ~25 s; HF_ENDPOINT here refuses at once
+    env = offline_env(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(k, None)
+    t0 = time.time()
+    r = cli("--out_dir", tmp_path / "out", "--cache_dir", tmp_path / "hf_cache", env=env)
+    assert time.time() - t0 < 15
+    msg = one_message(r.stdout, r.stderr, r.returncode)
+    assert re.search(r"could not load roneneldan/TinyStories: .*the hub is unreachable .*Offline\? .*--files", msg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
+    (tmp_path / "big").mkdir()
+    paragraphs = "\n\n".join(f"story {i}: " + " ".join(WORDS[:12] * 3) for i in range(500)) + "\n\n"
+    for f in range(2):
+        (tmp_path / "big" / f"{f}.txt").write_text(paragraphs * 100)  # 2 x 50,000 paragraphs, 2 x 11 MB
+    p = subprocess.Popen([sys.executable, "prepare.py", "--files", str(tmp_path / "big" / "*.txt"),
+                          "--out_dir", str(earlier_run[0]), "--overwrite", "--num_proc", "2",
+                          "--cache_dir", str(tmp_path / "hf_cache")], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)  # a group, as in a terminal
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1), "")))
+    reader.start()
+    try:
+        t0 = time.time()  # wait until the two tokenizer processes have done some of the work, not all
+        while not any(0 < int(n) < 100_000 for n in re.findall(r"tokenizing .*?\| *(\d+)/100000 ", "".join(err))):
+            assert time.time() - t0 < 60 and p.poll() is None, "".join(err)
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: every process in the group gets it
+        p.wait(timeout=60)
+    except BaseException:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    reader.join()
+    stdout = p.stdout.read()  # a line or two: the pipe never filled up
+    assert one_message(stdout, "".join(err), p.returncode) == f"interrupted; {earlier_run[0]} is left as it was"
+    assert md5s(earlier_run[0]) == earlier_run[1]  # no scratch file left, the earlier run's files untouched
+    for _ in range(100):  # and no tokenizer process left running
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("a process of the interrupted run is still running")
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/sub"])
+def test_out_dir_is_a_file(tmp_path, where):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n\nthree\n")
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(SystemExit, match=r"--out_dir .*afile.*afile is a file, not a folder"):
+        run(tmp_path, "--files", tmp_path / "a.txt", out=where)
+
+
+@pytest.mark.parametrize("head", [b"\x1f\x8b\x08\x00", b"\xff\xfeo\x00n\x00e\x00", b"\x7fELF\x02\x01\x01\x00"])
+def test_binary_compressed_or_utf16_file(tmp_path, head):
+    (tmp_path / "good.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "bad.txt").write_bytes(head + b"more bytes\n\n")
+    with pytest.raises(SystemExit, match=r"bad\.txt is not UTF-8 text \(it holds NUL bytes\)"):
+        run(tmp_path, "--files", tmp_path / "*.txt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_or_read_only_disk(tmp_path, corpus):
+    # a tmpfs of its own, in a mount namespace of its own, so nothing needs cleaning up
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    (tmp_path / "big.txt").write_text(("word " * 1000 + "\n\n") * 500)  # 500,000 tokens, 1 MB of .bin
+    small, big = corpus[0] / "txt" / "*.txt", tmp_path / "big.txt"
+    args = f"--num_proc 2 --cache_dir {tmp_path / 'hf_cache'} --out_dir {mnt / 'out'}"
+    script = f"""
+        mount -t tmpfs -o size=256k tmpfs {mnt} || exit 99
+        cp -r {corpus[1]} {mnt}/out && md5sum {mnt}/out/* > {tmp_path}/before.md5
+        {sys.executable} prepare.py --files {big} --overwrite {args} > {tmp_path}/full.out 2> {tmp_path}/full.err
+        echo $? > {tmp_path}/full.rc
+        ls -A {mnt}/out > {tmp_path}/ls.txt; md5sum {mnt}/out/* > {tmp_path}/after.md5
+        mount -o remount,ro {mnt}
+        {sys.executable} prepare.py --files '{small}' --overwrite {args} > {tmp_path}/ro.out 2> {tmp_path}/ro.err
+        echo $? > {tmp_path}/ro.rc
+    """
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if r.returncode == 99 or (r.returncode and "unshare" in r.stderr):
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    assert r.returncode == 0, r.stderr
+    read = lambda name: (tmp_path / name).read_text()  # noqa: E731
+    msg = one_message(read("full.out"), read("full.err"), int(read("full.rc")))
+    assert re.fullmatch(r"could not write .*out: No space left on device.*; it is left as it was: free some space.*",
+                        msg)
+    assert read("after.md5") == read("before.md5") and read("ls.txt").split() == sorted(OUTPUTS)
+    msg = one_message(read("ro.out"), read("ro.err"), int(read("ro.rc")))
+    assert re.fullmatch(r"could not write .*out: Read-only file system.*; it is left as it was", msg)
