@@ -1,0 +1,362 @@
+"""
+Export one of our checkpoints as a HuggingFace folder, which transformers loads with its Auto classes
+and no code from this repository.
+
+    python export.py --init_from=out-tiny --out_dir=hf-tiny   # train.py's run: BertForPreTraining
+    python export.py --init_from=out-sst2                     # finetune.py's run: BertForSequenceClassification
+
+    from transformers import pipeline
+    pipeline("fill-mask", model="hf-tiny")("the [MASK] sat on the mat.")
+
+The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md: data,
+steps, tokens and validation metrics, from the checkpoint and the log.jsonl beside it). The tokenizer
+is the checkpoint's: for our GPT-2 vocabulary a tokenizer.json, built here from tiktoken's encoding,
+that gives the ids tokenizer.py gives; for a WordPiece checkpoint (fine-tuned from HuggingFace weights)
+its own vocab.txt. BertForPreTraining.from_pretrained(out_dir) in model.py loads the weights back
+bit for bit.
+"""
+import json
+import os
+
+import torch
+
+import runtime
+import tokenizer as tokenization
+from configurator import read_settings, require
+from model import (_SAFETENSORS_DTYPES, BertConfig, BertForPreTraining, BertForSequenceClassification,
+                   to_hf_state_dict)
+
+# -----------------------------------------------------------------------------
+# What to export, and where
+init_from = "out"            # a run folder holding ckpt.pt, from train.py or finetune.py (or the ckpt.pt)
+out_dir = ""                 # the HuggingFace folder to write; "" for <init_from>-hf
+overwrite = False            # replace what out_dir already holds
+# -----------------------------------------------------------------------------
+
+FILES = ("model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "README.md", "config.json")
+
+
+def check_settings(cfg, out_dir, run_dir):
+    """What is wrong with the settings, as messages; checked before the checkpoint is read."""
+    p = [runtime.check_writable(out_dir)]
+    if os.path.realpath(out_dir) == os.path.realpath(run_dir):
+        p.append(f"out_dir={out_dir!r} is the run folder itself: write the export to a folder of its own")
+    elif os.path.isdir(out_dir) and os.listdir(out_dir) and not cfg.overwrite:
+        held = sorted(os.listdir(out_dir))
+        p.append(f"out_dir={out_dir!r} already holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''}: "
+                 "choose another out_dir, or pass --overwrite=True to replace it")
+    return p
+
+
+def check_checkpoint(ckpt, path, run_dir):
+    """Everything that keeps a checkpoint from exporting, as messages."""
+    p = []
+    tok = ckpt.get("tokenizer", "gpt2")
+    if ckpt["kind"] == "finetuning" and ckpt.get("pooling", "cls") != "cls":
+        p.append(f"{path} was fine-tuned with pooling={ckpt['pooling']!r}: transformers' BertForSequenceClassification "
+                 "classifies the pooled [CLS] vector only, so no HuggingFace class computes this model. "
+                 "Fine-tune with pooling='cls' to export it")
+    if not ckpt["model_config"].get("bias", True):
+        p.append(f"{path} has no biases (bias=False); HuggingFace's BERT always has them")
+    if tok not in ("gpt2", "wordpiece"):
+        p.append(f"{path}: tokenizer {tok!r} is not one export.py knows (gpt2 or wordpiece)")
+    if tok == "gpt2" and ckpt["model_config"].get("vocab_size", 0) <= tokenization.PAD:
+        p.append(f"{path} has {ckpt['model_config'].get('vocab_size')} embedding rows, too few for our GPT-2 "
+                 "vocabulary")
+    for f in ("vocab.txt", "tokenizer_config.json") if tok == "wordpiece" else ():
+        if not os.path.isfile(os.path.join(run_dir, f)):
+            p.append(f"{path} uses a WordPiece vocabulary, but {run_dir} lacks its {f} (finetune.py writes it beside "
+                     "ckpt.pt)")
+    if not os.path.isfile(os.path.join(run_dir, "log.jsonl")):
+        p.append(f"{run_dir} has no log.jsonl beside ckpt.pt: the model card reports the run from it. Export from "
+                 "the run folder that train.py or finetune.py wrote")
+    return p
+
+
+def load_model(ckpt, path):
+    """The checkpoint's model, rebuilt from its config, with one message if it does not fit this model.py."""
+    try:
+        config = BertConfig(**ckpt["model_config"])
+        model = (BertForPreTraining(config) if ckpt["kind"] == "pretraining"
+                 else BertForSequenceClassification(config, ckpt["n_labels"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise SystemExit(f"{path} does not fit this model.py ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "was it written by another version?")
+    return model
+
+
+# -----------------------------------------------------------------------------
+# The weights and the config
+
+def safetensors_writer(tensors):
+    """A write(path) for the safetensors format, which model.py reads: the header's length (8 bytes,
+    little-endian), a JSON header of names, dtypes, shapes and byte ranges, then the raw bytes."""
+    names = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    tensors = {k: t.detach().cpu().contiguous() for k, t in sorted(tensors.items())}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0  # transformers wants to know the framework
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the tensor data starts 8-byte aligned
+
+    def write(path):
+        with open(path, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            for t in tensors.values():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)  # no copy
+    return write
+
+
+def hf_config(ckpt, config, pad_id):
+    """config.json: the fields model.py's _config_from_hf reads back, and the head."""
+    c = config
+    hf = {"architectures": ["BertForPreTraining" if ckpt["kind"] == "pretraining" else "BertForSequenceClassification"],
+          "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "num_hidden_layers": c.n_layer,
+          "num_attention_heads": c.n_head, "intermediate_size": c.ffn, "hidden_act": "gelu",  # exact erf GELU
+          "max_position_embeddings": c.max_positions, "position_embedding_type": "absolute",
+          "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
+          "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout, "initializer_range": 0.02,
+          "pad_token_id": pad_id, "tie_word_embeddings": True, "dtype": "float32"}
+    if ckpt["kind"] == "finetuning":
+        names = ckpt["labels"] or ["LABEL_0"]  # regression: one output, under transformers' default name
+        hf["problem_type"] = "single_label_classification" if ckpt["labels"] else "regression"
+        hf["id2label"] = {str(i): str(name) for i, name in enumerate(names)}
+        hf["label2id"] = {str(name): i for i, name in enumerate(names)}
+    return hf
+
+
+# -----------------------------------------------------------------------------
+# The tokenizer
+
+def bytes_to_unicode():
+    """GPT-2's printable stand-in for every byte, in which its vocab.json and merges.txt are written."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+def bpe(ranks, token, max_rank):
+    """token's bytes merged as tiktoken merges them (the adjacent pair whose join ranks lowest, first),
+    with only the tokens ranked below max_rank."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best, at = max_rank, -1
+        for i in range(len(parts) - 1):  # a plain loop: 50,000 tokens take 0.6 s, against 1.6 s with min()
+            r = ranks.get(parts[i] + parts[i + 1], max_rank)
+            if r < best:
+                best, at = r, i
+        if at < 0:
+            break
+        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+    return parts
+
+
+def gpt2_vocab_and_merges(enc):
+    """GPT-2's vocab.json and merges.txt, rebuilt from tiktoken's ranks (token id = rank). The merge that
+    makes a token is the pair that BPE reaches with the tokens ranked below it: this gives back the
+    published merges.txt, line for line."""
+    ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
+    u = bytes_to_unicode()
+    text = lambda b: "".join(u[x] for x in b)
+    merges = [[text(p) for p in bpe(ranks, token, r)] for token, r in sorted(ranks.items(), key=lambda kv: kv[1])
+              if len(token) > 1]
+    assert all(len(m) == 2 for m in merges)
+    return {text(b): r for b, r in ranks.items()}, merges
+
+
+def gpt2_tokenizer_files(max_positions, fill_mask):
+    """tokenizer.json and tokenizer_config.json for transformers' fast tokenizer, encoding as tokenizer.py:
+    [CLS] A [SEP] (B [SEP]), token type 1 for B. fill_mask (a pretraining export): "[MASK]" in the text is
+    the mask and takes one space before it, as GPT2Tokenizer.encode_masked does. The other specials follow
+    transformers' rule: written in the text, they are those tokens. Else (a classifier) every special
+    written in the text is plain text, as in finetune.py, which encodes with encode_ordinary."""
+    T = tokenization
+    vocab, merges = gpt2_vocab_and_merges(T.GPT2Tokenizer().enc)
+    specials = T.GPT2Tokenizer.specials
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": s == T.MASK_TOKEN, "special": True} for i, s in sorted(specials.items())]
+    seq = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}
+    tok = lambda i, type_id: {"SpecialToken": {"id": specials[i], "type_id": type_id}}
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        # one space before a [MASK] goes (lstrip=True would take tabs, newlines and runs of spaces too);
+        # [MASK] is then found in the normalized text, the other specials in the raw text
+        "normalizer": {"type": "Replace", "pattern": {"String": " " + T.MASK_TOKEN}, "content": T.MASK_TOKEN}
+        if fill_mask else None,
+        # ByteLevel's regex is GPT-2's, the pattern of tiktoken's gpt2 encoding
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [tok(T.CLS, 0), seq("A", 0), tok(T.SEP, 0)],
+            "pair": [tok(T.CLS, 0), seq("A", 0), tok(T.SEP, 0), seq("B", 1), tok(T.SEP, 1)],
+            "special_tokens": {specials[i]: {"id": specials[i], "ids": [i], "tokens": [specials[i]]}
+                               for i in (T.CLS, T.SEP)}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        # ignore_merges: a pre-token that is a whole vocabulary entry is that token, as in tiktoken
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": merges},
+    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "cls_token": specials[T.CLS], "sep_token": specials[T.SEP],
+              "mask_token": specials[T.MASK], "pad_token": specials[T.PAD], "model_max_length": max_positions,
+              "split_special_tokens": not fill_mask, "padding_side": "right", "clean_up_tokenization_spaces": False,
+              "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
+    return {"tokenizer.json": json.dumps(tokenizer, ensure_ascii=False).encode(),
+            "tokenizer_config.json": to_json(config)}
+
+
+def wordpiece_tokenizer_files(run_dir, max_positions):
+    """The run's own vocab.txt, with the casing finetune.py's tokenizer used, for transformers' BertTokenizer."""
+    tok = tokenization.get_tokenizer(run_dir)
+    with open(os.path.join(run_dir, "vocab.txt"), "rb") as f:
+        vocab = f.read()
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tok.lowercase, "model_max_length": max_positions,
+              "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
+              "pad_token": "[PAD]", "tokenize_chinese_chars": True, "strip_accents": None}
+    return {"vocab.txt": vocab, "tokenizer_config.json": to_json(config)}, tok.pad
+
+
+# -----------------------------------------------------------------------------
+# The model card
+
+def read_log(path):
+    """The records of a log.jsonl, in order; a line cut short by a crash is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("step"), int):
+                records.append(r)
+    return records
+
+
+def metrics_text(record, keys):
+    """'loss 7.7625, mlm loss 7.0666, mlm acc 9.5%' for the keys the record has."""
+    name = lambda k: k.removeprefix("val_").replace("_", " ")
+    text = lambda k, v: f"{name(k)} {v:.1%}" if k.endswith("_acc") else f"{name(k)} {v:.4f}"
+    return ", ".join(text(k, record[k]) for k in keys if record.get(k) is not None)
+
+
+def pretraining_rows(ckpt, records):
+    """The model card's lines on a train.py run: its data, objective, length and last evaluation."""
+    cfg, step = ckpt.get("config") or {}, ckpt.get("step", 0)
+    data = cfg.get("data_dir", "?")
+    try:
+        with open(os.path.join(data, "meta.json")) as f:
+            meta = json.load(f)
+        source = meta["source"].get("dataset") or meta["source"].get("files") or meta["source"].get("jsonl")
+        source = " ".join(source) if isinstance(source, list) else source
+        data += f" ({meta['train_tokens']:,} training tokens, from {source})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # the data folder is on the machine that trained
+    records = [r for r in records if r["step"] <= step]  # up to the checkpoint, not a later run's steps
+    evals = [r for r in records if "val_loss" in r]
+    tokens = next((r["tokens"] for r in reversed(records) if "tokens" in r), None)  # older logs lack it
+    if tokens is None and "tokens_per_step" in cfg:
+        tokens = step * cfg["tokens_per_step"]
+    masking = f"masked LM (mask_prob {cfg.get('mask_prob', '?')})"
+    objective = (f"{masking} + next sentence prediction" if cfg.get("nsp", True)
+                 else f"{masking} only, on text packed across documents; the NSP head is untrained")
+    rows = [("trained with", "nanoBERT train.py: " + objective), ("data", data),
+            ("training", f"{step:,} steps" + (f", {tokens:,} tokens" if tokens is not None else "")
+             + (f", sequences of {cfg['block_size']}" if "block_size" in cfg else ""))]
+    if evals:
+        keys = ("val_loss", "val_mlm_loss", "val_mlm_acc", "val_nsp_loss", "val_nsp_acc")
+        rows.append((f"validation at step {evals[-1]['step']:,}", metrics_text(evals[-1], keys)))
+    if "best_val_loss" in ckpt:
+        rows.append(("best validation loss", f"{ckpt['best_val_loss']:.4f}"))
+    return rows
+
+
+def finetuning_rows(ckpt, records):
+    """The model card's lines on a finetune.py run: its task, labels, length and the kept epoch's scores."""
+    cfg, labels = ckpt.get("config") or {}, ckpt["labels"]
+    data = ", ".join(f"{k} {cfg[k]}" for k in ("train_file", "val_file") if cfg.get(k)) or "its dataset"
+    classes = f"{len(labels)} classes, {', '.join(map(str, labels))}" if labels else "regression, one number"
+    epochs, steps = max((r.get("epoch", 0) for r in records), default=0), max((r["step"] for r in records), default=0)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in (ckpt.get("val_metrics") or {}).items())
+    return [("trained with", f"nanoBERT finetune.py, from {ckpt.get('init_from', '?')}"),
+            ("task", f"{ckpt.get('task', '?')} ({data}): {classes}"),
+            ("training", f"{epochs} epochs, {steps:,} steps; kept: epoch {ckpt.get('epoch', '?')}, step "
+                         f"{ckpt.get('step', 0):,}"),
+            (f"validation ({ckpt.get('metric', '?')} picks the epoch)", scores)]
+
+
+def model_card(ckpt, model, records, name):
+    """README.md: what the model is, what it was trained on, for how long, how well it did, how to use it."""
+    c, pretraining = model.config, ckpt["kind"] == "pretraining"
+    vocab = ("GPT-2 BPE (tiktoken's gpt2) + [CLS] [SEP] [MASK] [PAD]; ids 50261 and up are unused padding rows"
+             if ckpt.get("tokenizer", "gpt2") == "gpt2" else
+             "WordPiece, the vocab.txt of the HuggingFace checkpoint it was fine-tuned from")
+    rows = [("model", f"BERT, {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, feed-forward {c.ffn}, "
+                      f"{c.max_positions} positions; {model.num_params() / 1e6:.2f}M parameters"),
+            ("vocabulary", f"{vocab}; {c.vocab_size} embedding rows")]
+    rows += pretraining_rows(ckpt, records) if pretraining else finetuning_rows(ckpt, records)
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    if pretraining:
+        use = (f'fill = pipeline("fill-mask", model="{name}")\n'
+               'fill("the [MASK] sat on the mat.")  # a [MASK] is one GPT-2 token, with the space before it')
+    else:
+        use = (f'classify = pipeline("text-classification", model="{name}")\n'
+               'classify("a text")  # or {"text": "first", "text_pair": "second"}'
+               + ("; the score is the number itself" if not ckpt["labels"] else ""))
+    return (f"---\nlibrary_name: transformers\npipeline_tag: {'fill-mask' if pretraining else 'text-classification'}\n"
+            f"tags: [bert, nanobert]\n---\n\n# {name}\n\n"
+            f"A BERT {'pretrained' if pretraining else 'fine-tuned'} with nanoBERT; export.py wrote this folder from "
+            f"its ckpt.pt.\n\n| | |\n|---|---|\n{table}\n\n"
+            f"## Use\n\n```python\nfrom transformers import pipeline\n{use}\n```\n").encode()
+
+
+def to_json(obj):
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    cfg, given = read_settings(globals(), argv)
+    path = runtime.checkpoint_path(cfg.init_from)
+    run_dir = os.path.dirname(path) or "."
+    out_dir = cfg.out_dir or os.path.relpath(os.path.abspath(run_dir) + "-hf")
+    require(check_settings(cfg, out_dir, run_dir))
+    ckpt = runtime.load_checkpoint(path)
+    require(check_checkpoint(ckpt, path, run_dir), what=f"checkpoint {path}")
+    model = load_model(ckpt, path)
+
+    # everything is built before anything is written
+    c = model.config
+    if ckpt.get("tokenizer", "gpt2") == "gpt2":
+        files, pad_id = gpt2_tokenizer_files(c.max_positions, ckpt["kind"] == "pretraining"), tokenization.PAD
+    else:
+        files, pad_id = wordpiece_tokenizer_files(run_dir, c.max_positions)
+    files["README.md"] = model_card(ckpt, model, read_log(os.path.join(run_dir, "log.jsonl")),
+                                    os.path.basename(os.path.normpath(out_dir)))
+    files["config.json"] = to_json(hf_config(ckpt, c, pad_id))
+    weights = safetensors_writer(to_hf_state_dict(model.state_dict()))
+
+    os.makedirs(out_dir, exist_ok=True)
+    # an earlier export goes first, config.json before the rest: a folder without config.json is not a
+    # model yet, and no stale file of another tokenizer (a tokenizer.json beside a vocab.txt) stays behind
+    for f in ("config.json",) + FILES:
+        if os.path.isfile(os.path.join(out_dir, f)):
+            os.remove(os.path.join(out_dir, f))
+    runtime.write_atomic(os.path.join(out_dir, "model.safetensors"), weights)
+    for f in FILES:  # config.json last: a folder that has it holds a complete export
+        if f in files:
+            runtime.write_bytes(os.path.join(out_dir, f), files[f])
+    kind = "BertForPreTraining" if ckpt["kind"] == "pretraining" else "BertForSequenceClassification"
+    print(f"wrote {out_dir}: {kind} ({c.n_layer} layers x {c.n_embd}, {model.num_params() / 1e6:.2f}M parameters) "
+          f"from {path} at step {ckpt.get('step', 0):,}; {ckpt.get('tokenizer', 'gpt2')} tokenizer; model card "
+          "README.md")
+    task = "fill-mask" if ckpt["kind"] == "pretraining" else "text-classification"
+    print(f'use it: from transformers import pipeline; pipeline("{task}", model="{out_dir}")')
+
+
+if __name__ == "__main__":
+    runtime.run(main)
