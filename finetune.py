@@ -615,19 +615,18 @@ def main(argv=None):
             if step % cfg.log_interval == 0 or step == max_steps:
                 loss_value = loss.item()  # the one sync between evaluations
                 if not math.isfinite(loss_value):
-                    raise SystemExit(f"loss is {loss_value} at step {step}: training diverged. "
-                                     f"{ckpt_path if best is not None else 'Nothing'} is kept as it was; lower learning_rate")
+                    raise runtime.diverged(f"loss is {loss_value} at step {step}", ckpt_path)
                 dt = (time.time() - t_log) / steps_logged
                 say(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/step")
                 if master:
                     log_file.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr}) + "\n")
                     log_file.flush()
                 t_log, steps_logged = time.time(), 0
-        if not runtime.all_finite(raw_model):  # the same weights on every process: all of them stop
-            raise SystemExit(f"the weights hold NaN/inf after epoch {epoch + 1}: training diverged. "
-                             f"{ckpt_path if best is not None else 'Nothing'} is kept as it was; lower learning_rate")
-        scores = compute_metrics(predictions(predict(eval_model, data["val"], *pred_args, rank, world_size)),
-                                 data["val"]["labels"], n_labels)
+        logits = predict(eval_model, data["val"], *pred_args, rank, world_size)  # the same on every process
+        # huge but finite weights (learning_rate=1e9) can still give NaN outputs, which argmax would hide
+        if not (runtime.all_finite(raw_model) and np.isfinite(logits).all()):
+            raise runtime.diverged(f"the weights or outputs hold NaN/inf after epoch {epoch + 1}", ckpt_path)
+        scores = compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
         history.append(scores)
         improved = best is None or scores[metric_name] > best
         say(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())

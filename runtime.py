@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -147,10 +148,23 @@ def all_finite(module):
     return all(torch.isfinite(p).all() for p in module.parameters())
 
 
+def diverged(problem, ckpt_path):
+    """The one message for a run whose loss, weights or outputs turned NaN/inf: what is kept, what to do.
+    A resumed run would take the same steps again, so the advice is to start again."""
+    kept = f"{ckpt_path} is kept as it was" if os.path.exists(ckpt_path) else "nothing was saved"
+    return SystemExit(f"{problem}: training diverged, and {kept}. Start again with a lower learning_rate")
+
+
 # -----------------------------------------------------------------------------
 # Files
 
 KINDS = {"pretraining": "train.py", "finetuning": "finetune.py"}
+
+
+def describe(error):
+    """An exception in one short line, for a message: 'RuntimeError: the first line of what it says'."""
+    first_line = str(error).split("\n", 1)[0][:200]
+    return f"{type(error).__name__}: {first_line}"
 
 
 def checksum(ckpt):
@@ -175,7 +189,8 @@ def checksum(ckpt):
 def write_atomic(path, write):
     """write(tmp_path) into a temporary file beside path, flushed to disk, then renamed over path: a
     crash midway leaves the previous file intact, and a failed write (a full disk) removes its
-    temporary file and says so."""
+    temporary file and says so. torch.save reports a full disk as a RuntimeError ("unexpected pos"),
+    not an OSError, hence the free space in the message."""
     tmp = path + ".tmp"
     try:
         write(tmp)
@@ -185,10 +200,12 @@ def write_atomic(path, write):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError):
-            raise SystemExit(f"could not write {path} ({e.strerror or e}); "
-                             f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}")
-        raise
+        if not isinstance(e, Exception):
+            raise  # Ctrl-C: stop as asked
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else describe(e)
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        raise SystemExit(f"could not write {path} ({reason}; {free / 2 ** 20:,.0f} MiB free on its disk); "
+                         f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}")
 
 
 def write_bytes(path, data):
@@ -219,7 +236,7 @@ def load_checkpoint(path, kinds=tuple(KINDS), map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise SystemExit(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        raise SystemExit(f"checkpoint {path} is unreadable ({describe(e)}); "
                          "it may be truncated or from another program. Restore it from a copy, or start without it")
     if not isinstance(ckpt, dict) or {"model", "model_config", "kind", "checksum"} - set(ckpt):
         raise SystemExit(f"{path} is not a checkpoint of this project, or was written by an older version of it")
@@ -228,7 +245,8 @@ def load_checkpoint(path, kinds=tuple(KINDS), map_location="cpu"):
                          "Restore it from a copy")
     if ckpt["kind"] not in kinds:
         want = " or ".join(f"{k} ({KINDS[k]})" for k in kinds)
-        raise SystemExit(f"{path} is a {ckpt['kind']} checkpoint ({KINDS.get(ckpt['kind'], '?')}); this needs {want}")
+        raise SystemExit(f"{path} is a {ckpt['kind']} checkpoint ({KINDS.get(ckpt['kind'], '?')}); this needs {want}: "
+                         f"point at the out_dir of a {' or '.join(KINDS[k] for k in kinds)} run")
     return ckpt
 
 
@@ -246,9 +264,9 @@ def check_writable(folder):
         probe = os.path.dirname(probe)
     probe = probe or "."
     if not os.path.isdir(probe):
-        return f"out_dir={folder!r}: {probe} is a file, not a folder"
+        return f"out_dir={folder!r}: {probe} is a file, not a folder; choose another out_dir"
     if not os.access(probe, os.W_OK | os.X_OK):
-        return f"out_dir={folder!r} is not writable (no write permission on {probe})"
+        return f"out_dir={folder!r} is not writable (no write permission on {probe}); choose another out_dir"
     return None
 
 

@@ -504,16 +504,14 @@ def main(argv=None):
             if evaluated:
                 m = evaluate(eval_model, val_data, cfg, P, words, ctx, device, rank, world_size)
                 if not math.isfinite(m["val_loss"]):
-                    raise SystemExit(f"validation loss is {m['val_loss']} at step {step}; {ckpt_path} is kept as it "
-                                     "was. Lower learning_rate and resume from it")
+                    raise runtime.diverged(f"validation loss is {m['val_loss']} at step {step}", ckpt_path)
                 best_val_loss = min(best_val_loss, m["val_loss"])
                 say(f"eval step {step}: {format_metrics(m, 'val_')}")
                 if master:
                     write_log(log_file, wandb, {"step": step, "tokens": step * cfg.tokens_per_step, **m})
             if step > start_step and (evaluated or stopping):
                 if not runtime.all_finite(raw_model):  # the same weights on every process: all of them stop
-                    raise SystemExit(f"the weights hold NaN/inf at step {step}; {ckpt_path} is kept as it was. "
-                                     "Lower learning_rate (or use bfloat16) and resume from it")
+                    raise runtime.diverged(f"the weights hold NaN/inf at step {step}", ckpt_path)
                 if master:
                     runtime.save_checkpoint(dict(
                         kind="pretraining", model=raw_model.state_dict(), model_config=asdict(model_config),
@@ -551,8 +549,7 @@ def main(argv=None):
                 if ddp:
                     torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
                 if flags[1]:
-                    raise SystemExit(f"loss is NaN/inf at step {step}; {ckpt_path} is kept as it was. "
-                                     "Lower learning_rate (or use bfloat16) and resume from it")
+                    raise runtime.diverged(f"loss is NaN/inf at step {step}", ckpt_path)
                 stopping = bool(flags[0])
                 dt = (time.time() - t_log) / steps_logged
                 tokens_per_sec = cfg.tokens_per_step / dt
