@@ -144,7 +144,7 @@ def _settings_in_source(path):
                     else:
                         break
                 header = comments.get(node.lineno - 1)
-                header = header[1] if header and header[0] == 0 else None
+                header = header[1] if header and header[0] == 0 and header[1].strip("-") else None  # not a ----- rule
                 out.append((name, " ".join(comment), header))
     return out
 
@@ -165,7 +165,8 @@ def read_settings(script_globals, argv=None):
                 continue
             if header:
                 print(f"  # {header}")
-            print(f"  --{name}={defaults[name]!r}".ljust(36) + (f"  {comment}" if comment else ""))
+            flag = f"  --{name}={defaults[name]!r}"
+            print(f"{flag.ljust(36)}  {comment}" if comment else flag)
         sys.exit(0)
     settings = dict(defaults)
     given = configure(settings, argv)
