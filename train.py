@@ -500,7 +500,8 @@ def main(argv=None):
         t_log, steps_logged = time.time(), 0
         while True:
             done = step >= stop_at
-            evaluated = step % cfg.eval_interval == 0 or done
+            # a resumed run does not evaluate its first step again: the run it continues did, before saving
+            evaluated = (step % cfg.eval_interval == 0 or done) and not (start_step > 0 and step == start_step)
             if evaluated:
                 m = evaluate(eval_model, val_data, cfg, P, words, ctx, device, rank, world_size)
                 if not math.isfinite(m["val_loss"]):
