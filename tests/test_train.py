@@ -457,12 +457,13 @@ torch.save(model.state_dict(), os.path.join({out!r}, f"rank{{os.environ.get('RAN
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nsp", [True, False])
-def test_ddp_matches_one_process(counting, tmp_path, nsp):
+@pytest.mark.parametrize("nsp, dropout", [(True, 0.0), (False, 0.0), (True, 0.1)])
+def test_ddp_matches_one_process(counting, tmp_path, nsp, dropout):
     # the same global batch of 16 sequences: 2 processes x 1 micro-step, or 1 process x 2 micro-steps.
-    # Without NSP the pooler and NSP head get no gradient: DDP fails on step 2 unless they are frozen
+    # Without NSP the pooler and NSP head get no gradient: DDP fails on step 2 unless they are frozen.
+    # Dropout is seeded per micro-batch from (step, shard), so its masks agree too
     script = tmp_path / "run.py"
-    common = ("--max_steps=4", "--eval_interval=4", "--dropout=0.0", "--tokens_per_step=512", f"--nsp={nsp}")
+    common = ("--max_steps=4", "--eval_interval=4", f"--dropout={dropout}", "--tokens_per_step=512", f"--nsp={nsp}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for name, launcher in (("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]),
                            ("single", [sys.executable])):
@@ -477,6 +478,7 @@ def test_ddp_matches_one_process(counting, tmp_path, nsp):
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
     for k in single:
         assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5, msg=f"DDP and one process differ on {k}")
+        # they differ only in the order of the gradient sums (on this machine not at all)
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-5, atol=1e-6, msg=f"DDP and one process differ on {k}")
     (ddp_eval,), (single_eval,) = ([r for r in read_log(tmp_path / d) if "val_loss" in r and r["step"] == 4] for d in ("ddp", "single"))
     assert abs(ddp_eval["val_loss"] - single_eval["val_loss"]) < 1e-4
