@@ -222,20 +222,6 @@ def wordpiece_tokenizer_files(run_dir, max_positions):
 # -----------------------------------------------------------------------------
 # The model card
 
-def read_log(path):
-    """The records of a log.jsonl, in order; a line cut short by a crash is skipped."""
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and isinstance(r.get("step"), int):
-                records.append(r)
-    return records
-
-
 def metrics_text(record, keys):
     """'loss 7.7625, mlm loss 7.0666, mlm acc 9.5%' for the keys the record has."""
     name = lambda k: k.removeprefix("val_").replace("_", " ")
@@ -335,7 +321,7 @@ def main(argv=None):
         files, pad_id = gpt2_tokenizer_files(c.max_positions, ckpt["kind"] == "pretraining"), tokenization.PAD
     else:
         files, pad_id = wordpiece_tokenizer_files(run_dir, c.max_positions)
-    files["README.md"] = model_card(ckpt, model, read_log(os.path.join(run_dir, "log.jsonl")),
+    files["README.md"] = model_card(ckpt, model, runtime.read_log(os.path.join(run_dir, "log.jsonl")),
                                     os.path.basename(os.path.normpath(out_dir)))
     files["config.json"] = to_json(hf_config(ckpt, c, pad_id))
     weights = safetensors_writer(to_hf_state_dict(model.state_dict()))

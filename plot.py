@@ -10,8 +10,9 @@ its validation metrics get a panel of their own).
 Needs matplotlib (pip install matplotlib), which nothing else here does.
 """
 import argparse
-import json
 import os
+
+import runtime
 
 # panel title, the training records' key, the evaluation records' keys
 PANELS = [("loss", "loss", ["val_loss"]), ("MLM accuracy", "mlm_acc", ["val_mlm_acc"]), ("learning rate", "lr", [])]
@@ -19,21 +20,12 @@ SHOWN = {"val_loss", "val_mlm_acc", "val_mlm_loss", "val_nsp_loss", "val_nsp_acc
 
 
 def read_log(run):
-    """(the run's name, its records in order). run: an out_dir, or the log.jsonl itself. A line cut short
-    by a crash is skipped."""
+    """(the run's name, its records in order). run: an out_dir, or the log.jsonl itself."""
     path = run if run.endswith(".jsonl") else os.path.join(run, "log.jsonl")
     if not os.path.isfile(path):
         raise SystemExit(f"no log at {path}: plot.py reads the log.jsonl that train.py and finetune.py write in "
                          "their out_dir")
-    records = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and isinstance(r.get("step"), int):
-                records.append(r)
+    records = runtime.read_log(path)
     if not records:
         raise SystemExit(f"{path} holds no records yet: the first is written at step 0 (train.py) or after "
                          "log_interval steps (finetune.py)")
@@ -97,18 +89,10 @@ def main(argv=None):
             raise SystemExit(f"{name}'s log has no token counts (finetune.py's, or train.py's from before they were "
                              "logged): plot it against steps, without --x=tokens")
     fig = figure(runs, args.x)
-    tmp = args.out + ".tmp"
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, args.out)  # a reader never sees half a PNG
-    except OSError as e:
-        raise SystemExit(f"could not write {args.out}: {e.strerror or e}")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    runtime.write_atomic(args.out, lambda tmp: fig.savefig(tmp, format="png"))  # a reader never sees half a PNG
     print(f"wrote {args.out}: {', '.join(name for name, _ in runs)}; "
           f"{', '.join(ax.get_title() for ax in fig.axes)} against {args.x}")
 
 
 if __name__ == "__main__":
-    main()
+    runtime.run(main)

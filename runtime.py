@@ -10,6 +10,7 @@ it, checked on load: a flipped or zeroed byte is found before it is trained on o
 import atexit
 import ctypes
 import hashlib
+import json
 import math
 import os
 import platform
@@ -213,6 +214,20 @@ def write_bytes(path, data):
         with open(tmp, "wb") as f:
             f.write(data)
     write_atomic(path, write)
+
+
+def read_log(path):
+    """The records of a log.jsonl (train.py's, finetune.py's), in order; a line cut short by a crash is skipped."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("step"), int):
+                records.append(r)
+    return records
 
 
 def save_checkpoint(ckpt, path):

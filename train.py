@@ -133,9 +133,9 @@ def check_settings(cfg, world_size=1):
     return p
 
 
-def resumed_settings(cfg, given, ckpt, path):
+def resumed_settings(cfg, given, ckpt, path, say=print):
     """The settings a checkpoint was trained with, and from the command line (`given`) only what
-    MAY_CHANGE_ON_RESUME. A flag that contradicts the checkpoint stops the run and says which."""
+    MAY_CHANGE_ON_RESUME, which it says. A flag that contradicts the checkpoint stops the run and says which."""
     saved = ckpt["config"]
     clash = [k for k in sorted(given) if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != getattr(cfg, k)]
     if clash:
@@ -144,7 +144,7 @@ def resumed_settings(cfg, given, ckpt, path):
                          "keeps its settings: drop those, or start a new run in another out_dir")
     changed = [k for k in sorted(given - THIS_RUN_ONLY) if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
-        print("resuming with " + ", ".join(f"{k}={getattr(cfg, k)!r} (was {saved[k]!r})" for k in changed))
+        say("resuming with " + ", ".join(f"{k}={getattr(cfg, k)!r} (was {saved[k]!r})" for k in changed))
     settings = vars(cfg) | {k: v for k, v in saved.items() if k in vars(cfg) and k not in given | THIS_RUN_ONLY}
     return type(cfg)(**settings)
 
@@ -406,16 +406,10 @@ def evaluate(model, corpus, cfg, P, words, ctx, device, rank=0, world_size=1):
 def open_log(path, resume_step):
     """log.jsonl for appending. A resumed run first drops the lines written after its checkpoint (it
     does those steps again); a fresh run starts an empty log."""
-    lines = []
+    kept = []
     if resume_step is not None and os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["step"] <= resume_step:
-                        lines.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    pass  # a line cut short by a crash
-    runtime.write_bytes(path, "".join(lines).encode())
+        kept = [r for r in runtime.read_log(path) if r["step"] <= resume_step]
+    runtime.write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return open(path, "a")
 
 
@@ -439,7 +433,7 @@ def main(argv=None):
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = runtime.load_checkpoint(ckpt_path, kinds=("pretraining",))
-        cfg = resumed_settings(cfg, given, ckpt, ckpt_path)
+        cfg = resumed_settings(cfg, given, ckpt, ckpt_path, say)
     require(check_settings(cfg, world_size))
     if cfg.init_from == "scratch" and not cfg.overwrite:
         runtime.refuse_overwrite(ckpt_path, "a checkpoint", "continue it with --init_from=resume, ")
