@@ -12,7 +12,6 @@ timed; the reported time is the median of the timed steps.
 """
 import importlib.util
 import resource
-import sys
 import time
 
 import torch
@@ -112,9 +111,10 @@ def check_settings(cfg):
         p.append(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
     if not 0 <= cfg.dropout < 1:
         p.append(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.dtype not in runtime.DTYPES:
-        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_dtype(cfg.dtype))
     p.append(runtime.check_device(cfg.device))
+    if cfg.hf_compile not in (None, True, False):
+        p.append(f"hf_compile must be None (as compile), True or False, got {cfg.hf_compile!r}")
     if cfg.compare_hf and importlib.util.find_spec("transformers") is None:
         p.append("compare_hf=True needs transformers (a test-only dependency): pip install transformers")
     return p
@@ -131,7 +131,7 @@ def main(argv=None):
         raise SystemExit(str(e))
     device = runtime.pick_device(c.device)
     dev_type = device.split(":")[0]
-    ctx, _ = runtime.autocast_and_scaler(dev_type, c.dtype)  # no loss scaling: fp16 is timed as it would run
+    ctx, _ = runtime.autocast_and_scaler(dev_type, c.dtype)  # fp16 is timed without loss scaling
     pt_dtype = getattr(ctx, "fast_dtype", torch.float32)
     dtype = str(pt_dtype).removeprefix("torch.")
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)

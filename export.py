@@ -23,7 +23,7 @@ import torch
 import runtime
 import tokenizer as tokenization
 from configurator import read_settings, require
-from model import (_SAFETENSORS_DTYPES, BertConfig, BertForPreTraining, BertForSequenceClassification,
+from model import (SAFETENSORS_DTYPES, BertConfig, BertForPreTraining, BertForSequenceClassification,
                    to_hf_state_dict)
 
 # -----------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def load_model(ckpt, path):
 def safetensors_writer(tensors):
     """A write(path) for the safetensors format, which model.py reads: the header's length (8 bytes,
     little-endian), a JSON header of names, dtypes, shapes and byte ranges, then the raw bytes."""
-    names = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
     tensors = {k: t.detach().cpu().contiguous() for k, t in sorted(tensors.items())}
     header, offset = {"__metadata__": {"format": "pt"}}, 0  # transformers wants to know the framework
     for k, t in tensors.items():
@@ -306,7 +306,7 @@ def to_json(obj):
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
-    cfg, given = read_settings(globals(), argv)
+    cfg, _ = read_settings(globals(), argv)
     path = runtime.checkpoint_path(cfg.init_from)
     run_dir = os.path.dirname(path) or "."
     out_dir = cfg.out_dir or os.path.relpath(os.path.abspath(run_dir) + "-hf")

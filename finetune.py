@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import runtime
 import tokenizer as tokenization
 from configurator import read_settings, require
-from model import BertConfig, BertForSequenceClassification, resolve_checkpoint
+from model import BertConfig, BertForSequenceClassification, BertModel, resolve_checkpoint
 
 # -----------------------------------------------------------------------------
 # Settings: override with config files and --key=value flags
@@ -38,7 +38,7 @@ init_from = "out"          # our ckpt.pt's folder (pretrained or fine-tuned), or
 out_dir = "out-finetune"   # where the best epoch's ckpt.pt, log.jsonl and predictions.tsv go
 overwrite = False          # let this run replace a fine-tuned checkpoint already in out_dir
 eval_only = False          # evaluate init_from (fine-tuned) on the validation split, predict the test split
-pooling = "auto"           # the sequence vector the classifier reads: 'cls' (BERT's pooled [CLS]), 'mean' (of the hidden states), or 'auto': the checkpoint's trained pooler for HuggingFace BERT, 'mean' for ours
+pooling = "auto"           # the sequence vector the classifier reads: 'cls' (BERT's pooled [CLS]), 'mean' (of the hidden states), or 'auto': a fine-tuned checkpoint's own, the trained pooler of HuggingFace BERT, POOLING_OF_OURS for our pretraining
 # the task: a name in TASKS (downloaded through `datasets`), or your own .csv / .jsonl files
 task = ""                  # with train_file: just a name for the run, stored in the checkpoint
 train_file = ""
@@ -70,7 +70,8 @@ compile = True             # torch.compile the model
 # -----------------------------------------------------------------------------
 
 POOLING_OF_OURS = "cls"  # pooling='auto' for a checkpoint pretrained here
-FROM_CHECKPOINT = ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric")  # eval_only
+FROM_CHECKPOINT = ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric", "pooling")  # eval_only
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 
 
 def check_settings(cfg, world_size=1):
@@ -93,12 +94,13 @@ def check_settings(cfg, world_size=1):
     for name in ("beta1", "beta2", "dropout"):
         if not 0 <= getattr(cfg, name) < 1:
             p.append(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.metric and cfg.metric not in METRICS:
+        p.append(f"metric must be one of {', '.join(METRICS)} (or '' for the task's own), got {cfg.metric!r}")
     if cfg.pooling not in ("auto", "cls", "mean"):
         p.append(f"pooling must be 'auto', 'cls' or 'mean', got {cfg.pooling!r}")
     if cfg.label_type not in ("auto", "class", "regression"):
         p.append(f"label_type must be 'auto', 'class' or 'regression', got {cfg.label_type!r}")
-    if cfg.dtype not in runtime.DTYPES:
-        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_dtype(cfg.dtype))
     p.append(runtime.check_device(cfg.device))
     p.append(runtime.check_writable(cfg.out_dir))
     for name in ("train_file", "val_file", "test_file"):
@@ -383,18 +385,22 @@ def is_our_checkpoint(init_from):
     return os.path.isfile(os.path.join(init_from, "ckpt.pt")) or init_from.endswith(".pt")
 
 
-def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto"):
+def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto", need_head=False):
     """A BertForSequenceClassification with n_labels outputs starting from init_from, and the tokenizer
-    that belongs to it. The classifier head is kept only from a checkpoint fine-tuned on the same labels
-    (with the same pooling). Returns (model, tokenizer, the folder of a WordPiece vocabulary or None for GPT-2's)."""
+    that belongs to it. The classifier head is kept only from a checkpoint fine-tuned here on the same
+    labels with the same pooling (need_head: or stop). Returns (model, tokenizer, the folder of a WordPiece
+    vocabulary or None for GPT-2's)."""
     if is_our_checkpoint(init_from):
         ckpt = runtime.load_checkpoint(init_from)
-        folder = os.path.dirname(runtime.checkpoint_path(init_from))
+        folder = runtime.run_folder(init_from)
         folder = None if ckpt["tokenizer"] == "gpt2" else folder  # fine-tuned from HF: vocab.txt beside it
         config = BertConfig(**ckpt["model_config"])
         if pooling == "auto":  # a fine-tuned checkpoint keeps its own
             pooling = ckpt.get("pooling", POOLING_OF_OURS)
         same_head = ckpt.get("n_labels") == n_labels and ckpt.get("labels") == labels and ckpt.get("pooling") == pooling
+        if need_head and not same_head:
+            raise SystemExit(f"{init_from} was fine-tuned with pooling={ckpt.get('pooling')!r} on labels {ckpt.get('labels')}: "
+                             f"its head does not read pooling={pooling!r} or labels {labels}; drop those settings")
         keep = ("bert.", "classifier.") if same_head else ("bert.",)
         weights = {k: v for k, v in ckpt["model"].items() if k.startswith(keep)}
     else:
@@ -403,10 +409,10 @@ def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto")
                              "BERT): point init_from at one of those")
         try:
             folder = resolve_checkpoint(init_from)  # a hub name is downloaded; offline it says so
-            hf = BertForSequenceClassification.from_pretrained(folder, n_labels=n_labels)  # says if the head is fresh
+            encoder = BertModel.from_pretrained(folder, verbose=False)  # a head of another task is not ours to keep
         except (ValueError, ImportError) as e:
             raise SystemExit(str(e))
-        config, weights = hf.config, hf.state_dict()
+        config, weights = encoder.config, {f"bert.{k}": v for k, v in encoder.state_dict().items()}
         pooling = "cls" if pooling == "auto" else pooling  # BERT's trained pooler, as in the paper
     tok = tokenization.get_tokenizer(folder)
     if tok.vocab_size > config.vocab_size:
@@ -508,9 +514,9 @@ def main(argv=None):
             if k not in given and not (k == "task" and own_files):
                 setattr(cfg, k, ckpt["config"][k])
         if "out_dir" not in given:  # predictions go beside the checkpoint
-            cfg.out_dir = os.path.dirname(runtime.checkpoint_path(cfg.init_from))
+            cfg.out_dir = runtime.run_folder(cfg.init_from)
     elif is_our_checkpoint(cfg.init_from) and \
-            os.path.realpath(cfg.out_dir) == os.path.realpath(os.path.dirname(runtime.checkpoint_path(cfg.init_from))):
+            os.path.realpath(cfg.out_dir) == os.path.realpath(runtime.run_folder(cfg.init_from)):
         raise SystemExit(f"out_dir is init_from's folder ({cfg.out_dir}): fine-tuning would overwrite the "
                          "checkpoint it starts from. Choose another out_dir")
     elif not cfg.overwrite:
@@ -538,7 +544,8 @@ def main(argv=None):
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
 
     # the model and the tokenized splits
-    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling)
+    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling,
+                                          need_head=cfg.eval_only)
     data = {}
     for split, rows in splits.items():
         if rows is None or (cfg.eval_only and split == "train"):
@@ -614,7 +621,10 @@ def main(argv=None):
             steps_logged += 1
             if step % cfg.log_interval == 0 or step == max_steps:
                 loss_value = loss.item()  # the one sync between evaluations
-                if not math.isfinite(loss_value):
+                bad = torch.tensor(float(not math.isfinite(loss_value)), device=dev)
+                if ddp:  # every process stops together, none left waiting in an all-reduce
+                    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+                if bad:
                     raise runtime.diverged(f"loss is {loss_value} at step {step}", ckpt_path)
                 dt = (time.time() - t_log) / steps_logged
                 say(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/step")

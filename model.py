@@ -295,6 +295,8 @@ class BertForSequenceClassification(_Base):
         self.drop = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.n_embd, n_labels)
         self.apply(self._init_weights)
+        if pooling == "mean":  # the pooler's output is not read: frozen, so that DDP sees no unused parameters
+            self.bert.pooler.requires_grad_(False)
 
     def forward(self, idx, token_type_ids=None, attention_mask=None, labels=None):
         hidden, pooled = self.bert(idx, token_type_ids, attention_mask)
@@ -390,7 +392,7 @@ def _config_from_hf(folder):
         raise ValueError(f"{path} lacks {e}: not a BERT config")
 
 
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "F64": torch.float64, "I64": torch.int64, "I32": torch.int32}
 
 
@@ -405,7 +407,7 @@ def _read_safetensors(path):
         if k == "__metadata__":
             continue
         start, end = v["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[v["dtype"]]
+        dtype = SAFETENSORS_DTYPES[v["dtype"]]
         sd[k] = torch.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(v["shape"]) \
             if end > start else torch.empty(v["shape"], dtype=dtype)
     return sd

@@ -1,11 +1,11 @@
 """
 How a script here runs: processes, device, precision, the learning-rate schedule, the optimizer step,
-and checkpoint files. train.py, finetune.py, sample.py, bench.py and export.py import it; scripts never
-import each other.
+and checkpoint files. train.py, finetune.py, sample.py, bench.py, export.py and plot.py import it;
+scripts never import each other.
 
 A checkpoint is one torch.save'd dict, written atomically, that says what wrote it ("kind":
-"pretraining" from train.py, "finetuning" from finetune.py) and carries a SHA-256 of every tensor in
-it, checked on load: a flipped or zeroed byte is found before it is trained on or sampled from.
+"pretraining" from train.py, "finetuning" from finetune.py) and carries a SHA-256 of everything in it,
+checked on load: a flipped or zeroed byte is found before it is trained on or sampled from.
 """
 import atexit
 import ctypes
@@ -63,10 +63,12 @@ def pick_device(device="auto", local_rank=0):
     if problem:
         raise SystemExit(problem)
     if device == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank}"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    return f"cuda:{local_rank}" if device == "cuda" else device
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # so that synchronize(), memory stats and the device name are this GPU's
+    return device
 
 
 def keep_freed_memory():
@@ -95,14 +97,20 @@ def speed_settings(device_type):
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def check_dtype(dtype):
+    """A message if dtype is not one of DTYPES, else None. For settings checks."""
+    return None if dtype in DTYPES else f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}"
+
+
 def autocast_and_scaler(device_type, dtype="auto"):
     """The mixed-precision context for forward passes and the GradScaler for backward. 'auto': bf16 on
     GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 on CPU and MPS. The fp32 case gets
     a null context and a disabled scaler, so the training loop has a single path."""
-    if dtype not in DTYPES:
-        raise SystemExit(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+    if check_dtype(dtype):
+        raise SystemExit(check_dtype(dtype))
+    if dtype == "auto":  # emulated bf16 (V100, T4) is slow: those GPUs take fp16 with loss scaling
+        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = ("bfloat16" if bf16 else "float16") if device_type == "cuda" else "float32"
     ptdtype = getattr(torch, dtype)
     ctx = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype)
     # fp16 has too little range for raw gradients; bf16 and fp32 do not need scaling
@@ -146,7 +154,7 @@ def optimizer_step(optimizer, scaler, params, grad_clip):
 
 
 def all_finite(module):
-    return all(torch.isfinite(p).all() for p in module.parameters())
+    return bool(torch.stack([torch.isfinite(p).all() for p in module.parameters()]).all())  # one sync
 
 
 def diverged(problem, ckpt_path):
@@ -169,7 +177,8 @@ def describe(error):
 
 
 def checksum(ckpt):
-    """SHA-256 over every tensor in a checkpoint (names, dtypes, shapes and bytes), in a fixed order."""
+    """SHA-256 over everything in a checkpoint, in a fixed order: every tensor (name, dtype, shape and
+    bytes) and every other value (step, settings, labels...)."""
     h = hashlib.sha256()
 
     def walk(name, obj):
@@ -183,6 +192,8 @@ def checksum(ckpt):
         elif isinstance(obj, (list, tuple)):
             for i, v in enumerate(obj):
                 walk(f"{name}.{i}", v)
+        else:
+            h.update(f"{name}={obj!r};".encode())
     walk("", {k: v for k, v in ckpt.items() if k != "checksum"})
     return h.hexdigest()
 
@@ -198,14 +209,21 @@ def write_atomic(path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself, so that a power cut cannot undo it
+        finally:
+            os.close(folder)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         if not isinstance(e, Exception):
             raise  # Ctrl-C: stop as asked
         reason = e.strerror if isinstance(e, OSError) and e.strerror else describe(e)
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-        raise SystemExit(f"could not write {path} ({reason}; {free / 2 ** 20:,.0f} MiB free on its disk); "
+        folder = os.path.dirname(os.path.abspath(path))
+        free = f"{shutil.disk_usage(folder).free / 2 ** 20:,.0f} MiB free on its disk" if os.path.isdir(folder) \
+            else f"{folder} does not exist"
+        raise SystemExit(f"could not write {path} ({reason}; {free}); "
                          f"{'the previous file is kept' if os.path.exists(path) else 'nothing was written'}")
 
 
@@ -238,7 +256,13 @@ def save_checkpoint(ckpt, path):
 
 
 def checkpoint_path(path):
+    """A checkpoint's file: path itself (a .pt file), or the ckpt.pt in the folder path."""
     return os.path.join(path, "ckpt.pt") if os.path.isdir(path) or not path.endswith(".pt") else path
+
+
+def run_folder(path):
+    """The folder a checkpoint (path: the file or its folder) lives in, with its log.jsonl."""
+    return os.path.dirname(checkpoint_path(path)) or "."
 
 
 def load_checkpoint(path, kinds=tuple(KINDS), map_location="cpu"):

@@ -174,7 +174,7 @@ def main(argv=None):
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
     device = runtime.pick_device(args.device)
-    out_dir = args.out_dir or default_out_dir()
+    out_dir = args.out_dir or (None if args.init_from else default_out_dir())
 
     model, tok = load_model(out_dir, args.init_from, device)
     rows = encode_texts(tok, texts, model.config.max_positions, where)

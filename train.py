@@ -11,8 +11,8 @@ Data comes from prepare.py: a uint16 token stream and document offsets. Every ba
 fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, micro-step, rank), so a
 resumed run sees exactly the batches the uninterrupted run would have seen without saving any
 data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
-A resumed run takes its settings from the checkpoint; the command line may change only how it runs
-(logging, evaluation, device, batch_size), never what it computes.
+A resumed run takes its settings from the checkpoint; the command line may change how it runs
+(logging, evaluation, device, batch_size) and extend max_steps, never what it learns from.
 """
 import importlib.util
 import json
@@ -78,8 +78,10 @@ compile = True               # torch.compile the model
 seed = 1337
 # -----------------------------------------------------------------------------
 
-# what a resumed run may set anew: how it runs, not what it computes (batch_size splits the same
-# tokens_per_step into other micro-batches), and max_steps, to extend a run (said when it changes)
+# what a resumed run may set anew, and says when it does: how it runs (logging, evaluation, device), where
+# the data now lives, batch_size (for another number of processes: the same tokens_per_step in other
+# micro-batches, though not the same rows, since rows are drawn per micro-batch), and max_steps (to
+# extend a run: the learning-rate decay stretches to the new end)
 MAY_CHANGE_ON_RESUME = {"out_dir", "init_from", "overwrite", "eval_interval", "eval_iters", "log_interval",
                         "run_steps", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
                         "device", "dtype", "compile", "max_steps"}
@@ -118,8 +120,7 @@ def check_settings(cfg, world_size=1):
             p.append(f"{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.decay not in runtime.DECAYS:
         p.append(f"decay must be one of {', '.join(runtime.DECAYS)}, got {cfg.decay!r}")
-    if cfg.dtype not in runtime.DTYPES:
-        p.append(f"dtype must be one of {', '.join(runtime.DTYPES)}, got {cfg.dtype!r}")
+    p.append(runtime.check_dtype(cfg.dtype))
     p.append(runtime.check_device(cfg.device))
     per_micro_step = cfg.batch_size * cfg.block_size * world_size
     if per_micro_step > 0 and cfg.tokens_per_step % per_micro_step:
@@ -465,7 +466,8 @@ def main(argv=None):
     if ckpt:
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] and scaler.is_enabled():  # fp16 before and now; otherwise a fresh scale
+            scaler.load_state_dict(ckpt["scaler"])
         step, best_val_loss = ckpt["step"], ckpt["best_val_loss"]
         say(f"resuming from {ckpt_path} at step {step}, with the settings it was trained with")
         del ckpt

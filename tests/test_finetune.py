@@ -270,6 +270,10 @@ def test_eval_only_and_test_predictions(tmp_path, pretrained):
     assert (out / "predictions.tsv").read_text().splitlines() == lines  # written beside the checkpoint
     assert scores["accuracy"] == pytest.approx(result["best"])  # block_size and columns come from the checkpoint
     assert (out / "ckpt.pt").read_bytes() == before
+    # a head trained on the pooled [CLS] vector cannot score mean-pooled features: no fresh head is evaluated
+    with pytest.raises(SystemExit, match="its head does not read pooling='mean'"):
+        ft.main(["--eval_only=True", "--compile=False", "--device=cpu", f"--init_from={out}", val, "--pooling=mean"])
+    assert (out / "ckpt.pt").read_bytes() == before and (out / "predictions.tsv").read_text().splitlines() == lines
 
 
 def test_two_processes_share_each_batch(tmp_path, pretrained):
