@@ -1,0 +1,334 @@
+"""
+Does our pretraining transfer? (issue 14) One end-to-end experiment on text that ships with Debian:
+pretrain on the Linux kernel's documentation (plus the Python docs' reST sources), then classify
+held-out kernel-doc paragraphs by their top-level Documentation/ folder with a few hundred labels
+per class, from our checkpoint and from a random init, fully fine-tuned and as a linear probe.
+
+    python experiments/transfer.py data        # corpus text + task CSVs under data/transfer/
+    python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
+    python train.py config/bert_transfer.py    # ~30 min on 2 CPU cores -> out-transfer/
+    python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
+    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds
+
+Needs the Debian packages linux-doc-6.1 (the kernel docs) and python3.11-doc. scikit-learn is a
+dependency of this experiment only (the bag-of-words baseline), not of nanoBERT.
+
+Leakage: the task is split by *file* (train / val / test files per class), and the val and test
+files are left out of the pretraining corpus altogether, so neither a paragraph nor a near-copy of
+it from the same file is seen in pretraining.
+"""
+import argparse
+import csv
+import glob
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
+PYTHON_DOCS = "/usr/share/doc/python3.11-doc/html/_sources"
+MAN_PAGES = "/usr/share/man/man[257]/*"  # system calls, file formats, overviews (manpages, manpages-dev)
+# top-level Documentation/ folders that become the classes: large, and about different things
+CLASSES = ("admin-guide", "core-api", "driver-api", "filesystems", "networking", "process", "trace", "userspace-api")
+SKIP = ("translations",)             # not English
+SPLIT_SEED = 14                      # the file split and the row sampling
+FILE_SHARES = (0.5, 0.25, 0.25)       # train / val / test files of each class
+ROWS = {"train": 200, "val": 80, "test": 80}  # per class: 1,600 / 640 / 640 rows
+
+# -----------------------------------------------------------------------------
+# Text
+
+DECORATION = re.compile(r"^\s*([=\-~^*+#`:.'\"_])\1{2,}\s*$")  # reST heading underlines and rules
+
+
+def clean(text, keep_indent=False):
+    """reST with its decoration lines and licence tags removed, and every run of spaces made one space.
+    GPT-2's BPE has no token for a run of spaces: an indentation of 8 is 7 tokens ' ' and then the
+    word, so with indentation kept 44% of this corpus's tokens were ' ', and a model that always
+    guesses ' ' had 44% masked-token accuracy."""
+    lines = [l.rstrip() if keep_indent else " ".join(l.split()) for l in text.replace("\t", "    ").splitlines()]
+    lines = [l for l in lines if not DECORATION.match(l) and not l.startswith(".. SPDX-License")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def paragraphs(text):
+    return [p for p in text.split("\n\n") if p.strip()]
+
+
+def is_prose(p):
+    """A paragraph worth labelling: running text of 20-200 words, not code, a table, a list of
+    fields or a directive."""
+    lines = p.splitlines()
+    if lines[0][:1].isspace() or not lines[0][:1].isalpha() or p.lstrip().startswith(".."):
+        return False
+    if p.count("|") >= 2 or any(l.lstrip().startswith(("+-", "+=", "..", ">>>", "$ ", "#")) for l in lines):
+        return False
+    words = p.split()
+    letters = sum(c.isalpha() for c in p) / max(1, sum(not c.isspace() for c in p))
+    return 20 <= len(words) <= 200 and letters > 0.75
+
+
+def kernel_files():
+    files = sorted(glob.glob(f"{KERNEL_DOCS}/**/*.rst.gz", recursive=True) +
+                   glob.glob(f"{KERNEL_DOCS}/**/*.txt.gz", recursive=True))
+    return [f for f in files if os.path.relpath(f, KERNEL_DOCS).split(os.sep)[0] not in SKIP]
+
+
+def read_gz(path):
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def top_folder(path):
+    return os.path.relpath(path, KERNEL_DOCS).split(os.sep)[0]
+
+
+# -----------------------------------------------------------------------------
+# data: the corpus text files and the task CSVs
+
+def build_data(out):
+    rng = np.random.default_rng(SPLIT_SEED)
+    files = kernel_files()
+    texts = {f: clean(read_gz(f), keep_indent=True) for f in files}  # indentation tells prose from code
+    split_of = {}  # a file of a class -> train / val / test
+    for c in CLASSES:
+        mine = [f for f in files if top_folder(f) == c]
+        mine = [mine[i] for i in rng.permutation(len(mine))]
+        n_train, n_val = int(FILE_SHARES[0] * len(mine)), int(FILE_SHARES[1] * len(mine))
+        for i, f in enumerate(mine):
+            split_of[f] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+
+    # the task: prose paragraphs of each class's files, the same number from every class
+    rows = {s: [] for s in ROWS}
+    for c in CLASSES:
+        for s, n in ROWS.items():
+            pool = [(p, f) for f in files if split_of.get(f) == s and top_folder(f) == c
+                    for p in paragraphs(texts[f]) if is_prose(p)]
+            if len(pool) < n:
+                raise SystemExit(f"class {c} has only {len(pool)} {s} paragraphs, {n} wanted")
+            pick = rng.choice(len(pool), n, replace=False)
+            rows[s] += [dict(text=" ".join(pool[i][0].split()), label=c, file=os.path.relpath(pool[i][1], KERNEL_DOCS))
+                        for i in sorted(pick)]
+    os.makedirs(os.path.join(out, "task"), exist_ok=True)
+    for s, r in rows.items():
+        r = [r[i] for i in rng.permutation(len(r))]
+        with open(os.path.join(out, "task", f"{s}.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["text", "label", "file"])
+            w.writeheader()
+            w.writerows(r)
+
+    # the corpus: every kernel doc except the task's val and test files, and the Python docs
+    held_out = {f for f, s in split_of.items() if s != "train"}
+    os.makedirs(os.path.join(out, "corpus"), exist_ok=True)
+    with open(os.path.join(out, "corpus", "kernel.txt"), "w") as fk:
+        for f in files:
+            if f not in held_out and texts[f]:
+                fk.write(clean(texts[f]) + "\n\n")
+    py = sorted(glob.glob(f"{PYTHON_DOCS}/**/*.rst.txt", recursive=True))
+    with open(os.path.join(out, "corpus", "python.txt"), "w") as fp:
+        for f in py:
+            with open(f, encoding="utf-8", errors="replace") as fi:
+                t = clean(fi.read())
+            if t:
+                fp.write(t + "\n\n")
+    from concurrent.futures import ThreadPoolExecutor
+    man = sorted(f for f in glob.glob(MAN_PAGES) if not os.path.islink(f))
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool, open(os.path.join(out, "corpus", "man.txt"), "w") as fm:
+        for t in pool.map(render_man, man):
+            if len(t.split()) > 50:  # not a stub that only points at another page
+                fm.write(t + "\n\n")
+    info = dict(classes=CLASSES, rows={s: len(r) for s, r in rows.items()},
+                files={s: sum(v == s for v in split_of.values()) for s in ROWS},
+                corpus_files=dict(kernel=len(files) - len(held_out), python=len(py), man=len(man)),
+                held_out_files=sorted(os.path.relpath(f, KERNEL_DOCS) for f in held_out))
+    with open(os.path.join(out, "task", "info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    print(f"task: {len(CLASSES)} classes, rows {info['rows']}, from files {info['files']}")
+    print(f"corpus: {info['corpus_files']['kernel']} kernel docs (the task's {len(held_out)} val/test files left out) "
+          f"+ {len(py)} Python docs + {len(man)} man pages -> {out}/corpus")
+    print(f'next: python prepare.py --files "{out}/corpus/*.txt" --out_dir {out}/bins')
+
+
+def render_man(path):
+    """A man page as plain text (man from man-db, no justification or hyphenation), '' for a stub."""
+    env = dict(os.environ, MANWIDTH="2000", LC_ALL="C.UTF-8")
+    r = subprocess.run(["man", "--nj", "--nh", "-l", path], capture_output=True, text=True, env=env, errors="replace")
+    return clean("\n".join(r.stdout.splitlines()[1:-1]))  # without the header and footer lines
+
+
+# -----------------------------------------------------------------------------
+# baselines: the majority class and bag of words on the task, the unigram guess for masked tokens
+
+def read_task(out, split):
+    with open(os.path.join(out, "task", f"{split}.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def baselines(out):
+    from sklearn.feature_extraction.text import TfidfVectorizer  # this experiment's only extra dependency
+    from sklearn.linear_model import LogisticRegression
+    (xtr, ytr), (xva, yva), (xte, yte) = (read_task(out, s) for s in ("train", "val", "test"))
+    result = {}
+    major = max(set(ytr), key=ytr.count)
+    result["majority"] = dict(val=np.mean(np.array(yva) == major), test=np.mean(np.array(yte) == major))
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    Xtr, Xva, Xte = vec.fit_transform(xtr), vec.transform(xva), vec.transform(xte)
+    best = None
+    for C in (1, 3, 10, 30, 100):  # the regularisation picked on val, as the fine-tuning picks its epoch
+        clf = LogisticRegression(C=C, max_iter=2000).fit(Xtr, ytr)
+        acc = np.mean(clf.predict(Xva) == np.array(yva))
+        if best is None or acc > best[0]:
+            best = (acc, C, np.mean(clf.predict(Xte) == np.array(yte)))
+    result["bag of words"] = dict(val=best[0], test=best[2], C=best[1])
+    # the unigram baseline of masked-token accuracy: always guess the most frequent text token of val.bin
+    # (train.py masks text tokens uniformly, so this is the share of that token among masked positions)
+    val = np.fromfile(os.path.join(out, "bins", "val.bin"), dtype=np.uint16)
+    val = val[val < 50256]  # text ids; EOT is never masked
+    counts = np.bincount(val)
+    result["unigram mlm"] = dict(acc=counts.max() / len(val), token=int(counts.argmax()))
+    with open(os.path.join(out, "baselines.json"), "w") as f:
+        json.dump({k: {kk: float(vv) for kk, vv in v.items()} for k, v in result.items()}, f, indent=1)
+    print(f"majority class: val {result['majority']['val']:.3f}, test {result['majority']['test']:.3f}")
+    print(f"bag of words (TF-IDF 1-2 grams + logistic regression, C={best[1]}): val {best[0]:.3f}, test {best[2]:.3f}")
+    print(f"unigram MLM baseline: always guessing token {counts.argmax()} ({repr_token(int(counts.argmax()))}) "
+          f"is right on {result['unigram mlm']['acc']:.1%} of val.bin's text tokens")
+    return result
+
+
+def repr_token(i):
+    import tiktoken
+    return repr(tiktoken.get_encoding("gpt2").decode([i]))
+
+
+# -----------------------------------------------------------------------------
+# finetune: seeds x {pretrained, random init} x {full fine-tuning, linear probe}
+
+def run(cmd, log_path):
+    """Run a command, its output to log_path; stop with the log's tail if it fails."""
+    t0 = time.time()
+    with open(log_path, "w") as f:
+        r = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        with open(log_path) as f:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{f.read()[-2000:]}")
+    with open(log_path) as f:
+        return f.read(), time.time() - t0
+
+
+def random_init(init_from, out_dir):
+    """The weights the pretraining started from: train.py's own init with the run's settings and seed,
+    saved after one step at learning rate 0 (AdamW moves nothing at lr 0, weight decay included)."""
+    import torch
+    ckpt = torch.load(os.path.join(init_from, "ckpt.pt"), map_location="cpu", weights_only=True)
+    keep = ("data_dir", "n_layer", "n_head", "n_embd", "max_positions", "dropout", "bias", "seed", "nsp",
+            "block_size", "batch_size", "tokens_per_step", "mask_prob")
+    overrides = [f"--{k}={v}" for k, v in ckpt["config"].items() if k in keep]
+    os.makedirs(out_dir, exist_ok=True)
+    run([sys.executable, "train.py", *overrides, f"--out_dir={out_dir}", "--max_steps=1", "--learning_rate=0.0",
+         "--warmup_steps=0", "--eval_iters=1", "--compile=False"], os.path.join(out_dir, "train.log"))
+    return ckpt
+
+
+def finetune_one(init_from, out_dir, out, seed, probe, args):
+    lr, epochs = (args.probe_lr, args.probe_epochs) if probe else (args.lr, args.epochs)
+    cmd = [sys.executable, "finetune.py", f"--init_from={init_from}", f"--out_dir={out_dir}", "--task=kernel_docs",
+           f"--train_file={out}/task/train.csv", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
+           f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
+           f"--pooling={args.pooling}", "--compile=False", "--log_interval=1000", *args.extra]
+    os.makedirs(out_dir, exist_ok=True)
+    text, seconds = run(cmd, os.path.join(out_dir, "finetune.log"))
+    vals = [float(v) for v in re.findall(r"^epoch \d+ val accuracy ([0-9.]+)", text, re.M)]
+    with open(os.path.join(out_dir, "predictions.tsv")) as f:
+        pred = [line.rstrip("\n").split("\t")[1] for line in f][1:]
+    test = np.mean(np.array(pred) == np.array(read_task(out, "test")[1]))
+    return dict(val=max(vals), last_val=vals[-1], test=float(test), curve=vals, seconds=seconds)
+
+
+def finetune(out, args):
+    work = args.work or os.path.join(out, "runs", os.path.basename(os.path.normpath(args.init_from)))
+    os.makedirs(work, exist_ok=True)
+    inits = {"pretrained": args.init_from}
+    if not args.no_random:
+        inits["random init"] = os.path.join(work, "random-init")
+        if not os.path.isfile(os.path.join(inits["random init"], "ckpt.pt")):
+            random_init(args.init_from, inits["random init"])
+    results = []
+    for name, path in inits.items():
+        for probe in ([False, True] if args.mode == "both" else [args.mode == "probe"]):
+            for seed in args.seeds:
+                tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'full'}-{seed}"
+                r = finetune_one(path, os.path.join(work, tag), out, seed, probe, args)
+                r.update(init=name, mode="linear probe" if probe else "full fine-tuning", seed=seed)
+                print(f"{tag}: best val {r['val']:.3f} (epochs {' '.join(f'{v:.3f}' for v in r['curve'])}), "
+                      f"test {r['test']:.3f}, {r['seconds']:.0f}s", flush=True)
+                results.append(r)
+    with open(os.path.join(work, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print_table(results, out, args.init_from)
+
+
+def print_table(results, out, init_from):
+    def cell(v):
+        return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+    print(f"\n| model | mode | val accuracy (best epoch) | test accuracy (that epoch) | seeds |\n|---|---|---|---|---|")
+    for init in dict.fromkeys(r["init"] for r in results):
+        for mode in dict.fromkeys(r["mode"] for r in results):
+            rs = [r for r in results if r["init"] == init and r["mode"] == mode]
+            if rs:
+                print(f"| {init} | {mode} | {cell([r['val'] for r in rs])} | {cell([r['test'] for r in rs])} | "
+                      f"{' '.join(str(r['seed']) for r in rs)} |")
+    path = os.path.join(out, "baselines.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            b = json.load(f)
+        print(f"| majority class | - | {b['majority']['val']:.3f} | {b['majority']['test']:.3f} | - |")
+        print(f"| bag of words (TF-IDF + LR) | - | {b['bag of words']['val']:.3f} | {b['bag of words']['test']:.3f} | - |")
+    log = os.path.join(init_from, "log.jsonl")
+    if os.path.isfile(log):
+        with open(log) as f:
+            evals = [json.loads(l) for l in f if '"val_mlm_loss"' in l]
+        if evals:
+            e = evals[-1]
+            unigram = f", unigram baseline {b['unigram mlm']['acc']:.1%}" if os.path.isfile(path) else ""
+            print(f"\npretraining ({init_from}) at step {e['step']}: val MLM loss {e['val_mlm_loss']:.3f}, "
+                  f"val masked-token accuracy {e['val_mlm_acc']:.1%}{unigram}")
+    print("(± is the standard deviation over seeds)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["data", "baselines", "finetune", "table"])
+    p.add_argument("--out", default=os.path.join(ROOT, "data", "transfer"), help="where the data goes")
+    p.add_argument("--init_from", default="out-transfer", help="finetune: the pretraining run's out_dir")
+    p.add_argument("--work", default="", help="finetune: where the runs go (default <out>/runs/<init_from's name>)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--mode", choices=["both", "full", "probe"], default="both")
+    p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
+    p.add_argument("--pooling", default="auto", help="finetune.py's pooling")
+    p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
+    p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
+    p.add_argument("--probe_lr", type=float, default=3e-3, help="linear probe learning rate")
+    p.add_argument("--probe_epochs", type=int, default=30, help="linear probe epochs")
+    p.add_argument("--extra", nargs="*", default=[], help="more finetune.py flags, e.g. --extra=--dropout=0.0")
+    args = p.parse_args(argv)
+    if args.command == "data":
+        build_data(args.out)
+    elif args.command == "baselines":
+        baselines(args.out)
+    elif args.command == "finetune":
+        finetune(args.out, args)
+    else:
+        work = args.work or os.path.join(args.out, "runs", os.path.basename(os.path.normpath(args.init_from)))
+        with open(os.path.join(work, "results.json")) as f:
+            print_table(json.load(f), args.out, args.init_from)
+
+
+if __name__ == "__main__":
+    main()
