@@ -35,6 +35,8 @@ class BertConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     bias: bool = True           # biases in Linear and LayerNorm (BERT has them)
+    init_std: float = 0.02      # std of the initial weights; BERT-base's 0.02 keeps a narrow model on the
+                                # unigram plateau for thousands of steps (issue 14)
 
     def __post_init__(self):
         self.ffn = self.ffn or 4 * self.n_embd
@@ -98,7 +100,7 @@ class _Base(nn.Module):
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
         if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
             torch.nn.init.zeros_(module.bias)
         if isinstance(module, nn.LayerNorm):

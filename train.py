@@ -60,6 +60,7 @@ n_embd = 768
 max_positions = 512          # rows of the position embedding; block_size may be shorter
 dropout = 0.1
 bias = True                  # biases in Linear and LayerNorm layers
+init_std = 0.02              # std of the initial weights (BERT's); a narrow model learns sooner from a larger one
 # AdamW
 learning_rate = 1e-4         # peak, reached after warmup_steps
 max_steps = 1_000_000
@@ -455,7 +456,7 @@ def main(argv=None):
     # model and optimizer, fresh or from the checkpoint
     model_config = BertConfig(**ckpt["model_config"]) if ckpt else BertConfig(
         max_positions=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, init_std=cfg.init_std)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run
     raw_model = BertForPreTraining(model_config).to(device)
     if not cfg.nsp:  # without NSP rows the pooler and NSP head get no gradient, which DDP does not allow: freeze them

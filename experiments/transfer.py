@@ -227,7 +227,7 @@ def random_init(init_from, out_dir):
     saved after one step at learning rate 0 (AdamW moves nothing at lr 0, weight decay included)."""
     import torch
     ckpt = torch.load(os.path.join(init_from, "ckpt.pt"), map_location="cpu", weights_only=True)
-    keep = ("data_dir", "n_layer", "n_head", "n_embd", "max_positions", "dropout", "bias", "seed", "nsp",
+    keep = ("data_dir", "n_layer", "n_head", "n_embd", "max_positions", "dropout", "bias", "init_std", "seed", "nsp",
             "block_size", "batch_size", "tokens_per_step", "mask_prob")
     overrides = [f"--{k}={v}" for k, v in ckpt["config"].items() if k in keep]
     os.makedirs(out_dir, exist_ok=True)
