@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # model.py and runtime.py, for the random-init checkpoint
 KERNEL_DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
 PYTHON_DOCS = "/usr/share/doc/python3.11-doc/html/_sources"
 MAN_PAGES = "/usr/share/man/man[257]/*"  # system calls, file formats, overviews (manpages, manpages-dev)
@@ -181,7 +182,7 @@ def baselines(out):
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     Xtr, Xva, Xte = vec.fit_transform(xtr), vec.transform(xva), vec.transform(xte)
     best = None
-    for C in (1, 3, 10, 30, 100):  # the regularisation picked on val, as the fine-tuning picks its epoch
+    for C in (0.1, 0.3, 1, 3, 10, 30, 100):  # the regularisation picked on val, as the fine-tuning picks its epoch
         clf = LogisticRegression(C=C, max_iter=2000).fit(Xtr, ytr)
         acc = np.mean(clf.predict(Xva) == np.array(yva))
         if best is None or acc > best[0]:
@@ -189,16 +190,21 @@ def baselines(out):
     result["bag of words"] = dict(val=best[0], test=best[2], C=best[1])
     # the unigram baseline of masked-token accuracy: always guess the most frequent text token of val.bin
     # (train.py masks text tokens uniformly, so this is the share of that token among masked positions)
+    # and its loss: the cross-entropy of val.bin's tokens under train.bin's token frequencies, which is
+    # what a model that ignores the context can reach (the "unigram plateau")
     val = np.fromfile(os.path.join(out, "bins", "val.bin"), dtype=np.uint16)
     val = val[val < 50256]  # text ids; EOT is never masked
     counts = np.bincount(val)
-    result["unigram mlm"] = dict(acc=counts.max() / len(val), token=int(counts.argmax()))
+    freq = np.bincount(np.fromfile(os.path.join(out, "bins", "train.bin"), dtype=np.uint16), minlength=50256)[:50256] + 0.5
+    loss = -np.log(freq[val] / freq.sum()).mean()
+    result["unigram mlm"] = dict(acc=counts.max() / len(val), token=int(counts.argmax()), loss=loss)
     with open(os.path.join(out, "baselines.json"), "w") as f:
         json.dump({k: {kk: float(vv) for kk, vv in v.items()} for k, v in result.items()}, f, indent=1)
     print(f"majority class: val {result['majority']['val']:.3f}, test {result['majority']['test']:.3f}")
     print(f"bag of words (TF-IDF 1-2 grams + logistic regression, C={best[1]}): val {best[0]:.3f}, test {best[2]:.3f}")
     print(f"unigram MLM baseline: always guessing token {counts.argmax()} ({repr_token(int(counts.argmax()))}) "
-          f"is right on {result['unigram mlm']['acc']:.1%} of val.bin's text tokens")
+          f"is right on {result['unigram mlm']['acc']:.1%} of val.bin's text tokens; train.bin's token frequencies "
+          f"give val.bin a loss of {loss:.3f}")
     return result
 
 
@@ -223,17 +229,17 @@ def run(cmd, log_path):
 
 
 def random_init(init_from, out_dir):
-    """The weights the pretraining started from: train.py's own init with the run's settings and seed,
-    saved after one step at learning rate 0 (AdamW moves nothing at lr 0, weight decay included)."""
+    """The weights the pretraining started from: train.py's init (the same config, the same seed)."""
     import torch
-    ckpt = torch.load(os.path.join(init_from, "ckpt.pt"), map_location="cpu", weights_only=True)
-    keep = ("data_dir", "n_layer", "n_head", "n_embd", "max_positions", "dropout", "bias", "init_std", "seed", "nsp",
-            "block_size", "batch_size", "tokens_per_step", "mask_prob")
-    overrides = [f"--{k}={v}" for k, v in ckpt["config"].items() if k in keep]
+    import runtime
+    from model import BertConfig, BertForPreTraining
+    ckpt = runtime.load_checkpoint(init_from)
+    torch.manual_seed(ckpt["config"]["seed"])  # as train.py does before it builds the model
+    model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
     os.makedirs(out_dir, exist_ok=True)
-    run([sys.executable, "train.py", *overrides, f"--out_dir={out_dir}", "--max_steps=1", "--learning_rate=0.0",
-         "--warmup_steps=0", "--eval_iters=1", "--compile=False"], os.path.join(out_dir, "train.log"))
-    return ckpt
+    runtime.save_checkpoint(dict(kind="pretraining", model=model.state_dict(), model_config=ckpt["model_config"],
+                                 step=0, config=ckpt["config"], tokenizer=ckpt["tokenizer"]),
+                            os.path.join(out_dir, "ckpt.pt"))
 
 
 def finetune_one(init_from, out_dir, out, seed, probe, args):
@@ -296,7 +302,8 @@ def print_table(results, out, init_from):
             evals = [json.loads(l) for l in f if '"val_mlm_loss"' in l]
         if evals:
             e = evals[-1]
-            unigram = f", unigram baseline {b['unigram mlm']['acc']:.1%}" if os.path.isfile(path) else ""
+            unigram = (f" (unigram baseline: loss {b['unigram mlm']['loss']:.3f}, accuracy {b['unigram mlm']['acc']:.1%})"
+                       if os.path.isfile(path) else "")
             print(f"\npretraining ({init_from}) at step {e['step']}: val MLM loss {e['val_mlm_loss']:.3f}, "
                   f"val masked-token accuracy {e['val_mlm_acc']:.1%}{unigram}")
     print("(± is the standard deviation over seeds)")
