@@ -320,9 +320,9 @@ def main(argv=None):
     p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
     p.add_argument("--pooling", default="auto", help="finetune.py's pooling")
     p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
-    p.add_argument("--epochs", type=int, default=10, help="full fine-tuning epochs")
+    p.add_argument("--epochs", type=int, default=8, help="full fine-tuning epochs")
     p.add_argument("--probe_lr", type=float, default=3e-3, help="linear probe learning rate")
-    p.add_argument("--probe_epochs", type=int, default=30, help="linear probe epochs")
+    p.add_argument("--probe_epochs", type=int, default=20, help="linear probe epochs")
     p.add_argument("--extra", nargs="*", default=[], help="more finetune.py flags, e.g. --extra=--dropout=0.0")
     args = p.parse_args(argv)
     if args.command == "data":
