@@ -120,6 +120,7 @@ def test_pretraining_transfers_to_words_the_labels_never_showed(toy):
     assert pretrained_acc > random_acc + 0.3, (pretrained_acc, random_acc)
 
 
+@pytest.mark.slow
 def test_broken_masking_does_not_transfer(toy, monkeypatch):
     """The test above has teeth: MLM labels that are not the masked tokens teach nothing to transfer."""
     root, files = toy
