@@ -318,7 +318,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--mode", choices=["both", "full", "probe"], default="both")
     p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
-    p.add_argument("--pooling", default="auto", help="finetune.py's pooling")
+    p.add_argument("--pooling", default="mean", help="finetune.py's pooling: mean measured better than cls here")
     p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
     p.add_argument("--epochs", type=int, default=8, help="full fine-tuning epochs")
     p.add_argument("--probe_lr", type=float, default=3e-3, help="linear probe learning rate")
