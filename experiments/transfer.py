@@ -1,17 +1,17 @@
 """
 Does our pretraining transfer? (issue 14) One end-to-end experiment on text that ships with Debian:
-pretrain on the Linux kernel's documentation (plus the Python docs' reST sources), then classify
+pretrain on the Linux kernel's documentation (plus the Python docs and man pages 2, 5, 7), then classify
 held-out kernel-doc paragraphs by their top-level Documentation/ folder with a few hundred labels
 per class, from our checkpoint and from a random init, fully fine-tuned and as a linear probe.
 
     python experiments/transfer.py data        # corpus text + task CSVs under data/transfer/
     python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
-    python train.py config/bert_transfer.py    # ~30 min on 2 CPU cores -> out-transfer/
+    python train.py config/bert_transfer.py    # ~10 min on 2 idle CPU cores -> out-transfer/
     python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
     python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds
 
-Needs the Debian packages linux-doc-6.1 (the kernel docs) and python3.11-doc. scikit-learn is a
-dependency of this experiment only (the bag-of-words baseline), not of nanoBERT.
+Needs the Debian packages linux-doc-6.1 (the kernel docs), python3.11-doc, manpages and manpages-dev.
+scikit-learn is a dependency of this experiment only (the bag-of-words baseline), not of nanoBERT.
 
 Leakage: the task is split by *file* (train / val / test files per class), and the val and test
 files are left out of the pretraining corpus altogether, so neither a paragraph nor a near-copy of
