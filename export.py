@@ -118,7 +118,7 @@ def hf_config(ckpt, config, pad_id):
           "num_attention_heads": c.n_head, "intermediate_size": c.ffn, "hidden_act": "gelu",  # exact erf GELU
           "max_position_embeddings": c.max_positions, "position_embedding_type": "absolute",
           "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.layer_norm_eps,
-          "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout, "initializer_range": 0.02,
+          "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.dropout, "initializer_range": c.init_std,
           "pad_token_id": pad_id, "tie_word_embeddings": True, "dtype": "float32"}
     if ckpt["kind"] == "finetuning":
         names = ckpt["labels"] or ["LABEL_0"]  # regression: one output, under transformers' default name

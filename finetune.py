@@ -69,7 +69,10 @@ dtype = "auto"             # auto (bf16 where the GPU has it, else fp16; fp32 on
 compile = True             # torch.compile the model
 # -----------------------------------------------------------------------------
 
-POOLING_OF_OURS = "cls"  # pooling='auto' for a checkpoint pretrained here
+# pooling='auto' for a checkpoint pretrained here: BERT's [CLS] pooler, which export.py can hand to
+# transformers. Mean pooling was never worse in the experiment of experiments/transfer.py (a tie after
+# MLM-only pretraining, clearly better after NSP pretraining, whose pooler learns nothing on short text)
+POOLING_OF_OURS = "cls"
 FROM_CHECKPOINT = ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric", "pooling")  # eval_only
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 

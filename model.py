@@ -389,7 +389,8 @@ def _config_from_hf(folder):
                           n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
                           n_embd=hf["hidden_size"], ffn=hf["intermediate_size"],
                           type_vocab_size=hf.get("type_vocab_size", 2), dropout=hf.get("hidden_dropout_prob", 0.1),
-                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12), bias=True)
+                          layer_norm_eps=hf.get("layer_norm_eps", 1e-12), bias=True,
+                          init_std=hf.get("initializer_range", 0.02))
     except KeyError as e:
         raise ValueError(f"{path} lacks {e}: not a BERT config")
 

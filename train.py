@@ -112,6 +112,8 @@ def check_settings(cfg, world_size=1):
         p.append(f"mask_prob must be in (0, 1]: the share of tokens to predict; got {cfg.mask_prob}")
     if not 0 <= cfg.dropout < 1:
         p.append(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if not 0 < cfg.init_std < 1:
+        p.append(f"init_std must be in (0, 1), got {cfg.init_std}")
     if not 0 < cfg.learning_rate < math.inf:
         p.append(f"learning_rate must be positive and finite, got {cfg.learning_rate}")
     if cfg.min_lr > cfg.learning_rate:
