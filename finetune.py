@@ -61,6 +61,7 @@ beta2 = 0.999
 grad_clip = 1.0            # 0 to turn off
 dropout = 0.1
 freeze_encoder = False     # linear probe: only the classifier trains, on the frozen encoder's output
+freeze_embeddings = False  # keep the token, position and token-type embeddings as they start (the layers above train)
 seed = 1337
 log_interval = 50          # steps between log lines
 # system
@@ -580,6 +581,9 @@ def main(argv=None):
 
     if cfg.freeze_encoder:
         model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
+    if cfg.freeze_embeddings:  # with few labels, 6.4M embedding rows of a small model can memorise them instead
+        for table in (model.bert.wte, model.bert.wpe, model.bert.wtt):
+            table.requires_grad_(False)
     optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if cfg.compile:
         model = torch.compile(model)

@@ -466,3 +466,15 @@ def test_hf_checkpoint_folder(tmp_path):
     small = hf_folder(tmp_path / "hf_small", vocab_size=12)  # vocab.txt has 18 entries
     with pytest.raises(SystemExit, match="do not belong together"):
         ft.main([*FAST, f"--init_from={small}", f"--out_dir={tmp_path / 'out2'}", *files(tmp_path, "sentiment", "jsonl")])
+
+
+def test_freeze_embeddings_keeps_the_tables_and_trains_the_rest(tmp_path, pretrained):
+    out = tmp_path / "out"
+    ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={out}", "--epochs=1", "--freeze_embeddings=True",
+             *files(tmp_path, "sentiment", "csv", 64, 16)])
+    start = runtime.load_checkpoint(pretrained)["model"]
+    tuned = runtime.load_checkpoint(str(out))["model"]
+    for k in ("bert.wte.weight", "bert.wpe.weight", "bert.wtt.weight"):
+        assert torch.equal(tuned[k], start[k]), k
+    assert not torch.equal(tuned["bert.h.0.mlp.fc.weight"], start["bert.h.0.mlp.fc.weight"])
+    assert not torch.equal(tuned["bert.ln_emb.weight"], start["bert.ln_emb.weight"])
