@@ -81,11 +81,12 @@ seed = 1337
 
 # what a resumed run may set anew, and says when it does: how it runs (logging, evaluation, device), where
 # the data now lives, batch_size (for another number of processes: the same tokens_per_step in other
-# micro-batches, though not the same rows, since rows are drawn per micro-batch), and max_steps (to
-# extend a run: the learning-rate decay stretches to the new end)
+# micro-batches, though not the same rows, since rows are drawn per micro-batch), max_steps (to extend a
+# run: the learning-rate decay stretches to the new end), and block_size with tokens_per_step (BERT's
+# second phase: 90% of the steps at 128 tokens, then the rest at 512)
 MAY_CHANGE_ON_RESUME = {"out_dir", "init_from", "overwrite", "eval_interval", "eval_iters", "log_interval",
                         "run_steps", "wandb_log", "wandb_project", "wandb_run_name", "data_dir", "batch_size",
-                        "device", "dtype", "compile", "max_steps"}
+                        "device", "dtype", "compile", "max_steps", "block_size", "tokens_per_step"}
 THIS_RUN_ONLY = {"out_dir", "init_from", "overwrite", "run_steps"}  # never taken from a checkpoint
 
 

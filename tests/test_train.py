@@ -482,3 +482,16 @@ def test_ddp_matches_one_process(counting, tmp_path, nsp, dropout):
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-5, atol=1e-6, msg=f"DDP and one process differ on {k}")
     (ddp_eval,), (single_eval,) = ([r for r in read_log(tmp_path / d) if "val_loss" in r and r["step"] == 4] for d in ("ddp", "single"))
     assert abs(ddp_eval["val_loss"] - single_eval["val_loss"]) < 1e-4
+
+
+def test_resume_may_move_to_longer_sequences_and_says_so(counting, tmp_path, capsys):
+    # BERT's second phase: the same run goes on at a longer block_size; a new learning rate is refused
+    out = tmp_path / "out"
+    train.main(tiny_run(counting, out, "--max_steps=6", "--run_steps=3", "--eval_interval=3"))
+    train.main(tiny_run(counting, out, "--max_steps=6", "--eval_interval=3", "--init_from=resume",
+                        "--block_size=64", "--tokens_per_step=512"))
+    assert "block_size=64 (was 32)" in capsys.readouterr().out
+    ckpt = runtime.load_checkpoint(str(out))
+    assert ckpt["step"] == 6 and ckpt["config"]["block_size"] == 64
+    with pytest.raises(SystemExit, match="trained with learning_rate=0.003"):
+        train.main(tiny_run(counting, out, "--max_steps=8", "--init_from=resume", "--learning_rate=1e-3"))
