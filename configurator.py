@@ -132,20 +132,19 @@ def _settings_in_source(path):
     out = []
     lines = source.splitlines()
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name.islower() and not name.startswith("_"):
-                comment = [comments[n][1] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
-                n = node.end_lineno + 1  # a comment continued on the lines below, indented
-                while n in comments and comments[n][0] > 0 and not lines[n - 1].lstrip().startswith(name):
-                    if lines[n - 1].lstrip().startswith("#") and comments[n][0] > 0:
-                        comment.append(comments[n][1])
-                        n += 1
-                    else:
-                        break
-                header = comments.get(node.lineno - 1)
-                header = header[1] if header and header[0] == 0 and header[1].strip("-") else None  # not a ----- rule
-                out.append((name, " ".join(comment), header))
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        if not name.islower() or name.startswith("_"):
+            continue
+        comment = [comments[n][1] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        n = node.end_lineno + 1  # a comment continued on the lines below: indented, alone on its line
+        while n in comments and comments[n][0] > 0 and lines[n - 1].lstrip().startswith("#"):
+            comment.append(comments[n][1])
+            n += 1
+        header = comments.get(node.lineno - 1)
+        header = header[1] if header and header[0] == 0 and header[1].strip("-") else None  # not a ----- rule
+        out.append((name, " ".join(comment), header))
     return out
 
 

@@ -23,8 +23,7 @@ import torch
 import runtime
 import tokenizer as tokenization
 from configurator import read_settings, require
-from model import (SAFETENSORS_DTYPES, BertConfig, BertForPreTraining, BertForSequenceClassification,
-                   to_hf_state_dict)
+from model import SAFETENSORS_DTYPES, to_hf_state_dict
 
 # -----------------------------------------------------------------------------
 # What to export, and where
@@ -71,19 +70,6 @@ def check_checkpoint(ckpt, path, run_dir):
         p.append(f"{run_dir} has no log.jsonl beside ckpt.pt: the model card reports the run from it. Export from "
                  "the run folder that train.py or finetune.py wrote")
     return p
-
-
-def load_model(ckpt, path):
-    """The checkpoint's model, rebuilt from its config, with one message if it does not fit this model.py."""
-    try:
-        config = BertConfig(**ckpt["model_config"])
-        model = (BertForPreTraining(config) if ckpt["kind"] == "pretraining"
-                 else BertForSequenceClassification(config, ckpt["n_labels"]))
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, KeyError, RuntimeError) as e:
-        raise SystemExit(f"{path} does not fit this model.py ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                         "was it written by another version?")
-    return model
 
 
 # -----------------------------------------------------------------------------
@@ -313,7 +299,7 @@ def main(argv=None):
     require(check_settings(cfg, out_dir, run_dir))
     ckpt = runtime.load_checkpoint(path)
     require(check_checkpoint(ckpt, path, run_dir), what=f"checkpoint {path}")
-    model = load_model(ckpt, path)
+    model = runtime.model_from_checkpoint(ckpt, path)
 
     # everything is built before anything is written
     c = model.config

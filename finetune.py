@@ -92,7 +92,7 @@ def check_settings(cfg, world_size=1):
         p.append(f"learning_rate must be positive and finite, got {cfg.learning_rate}")
     if not 0 <= cfg.warmup_ratio < 1:
         p.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "seed"):
         if getattr(cfg, name) < 0:
             p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
     for name in ("beta1", "beta2", "dropout"):

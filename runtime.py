@@ -139,7 +139,7 @@ def get_lr(step, learning_rate, warmup_steps, max_steps, min_lr, decay="linear")
     if step >= max_steps:
         return min_lr
     ratio = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    coeff = {"linear": lambda r: 1.0 - r, "cosine": lambda r: 0.5 * (1.0 + math.cos(math.pi * r))}[decay](ratio)
+    coeff = 1.0 - ratio if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * ratio))
     return min_lr + coeff * (learning_rate - min_lr)
 
 
@@ -209,11 +209,11 @@ def write_atomic(path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:
-            os.fsync(folder)  # the rename itself, so that a power cut cannot undo it
+            os.fsync(fd)  # the folder, so that a power cut cannot undo the rename
         finally:
-            os.close(folder)
+            os.close(fd)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -287,6 +287,21 @@ def load_checkpoint(path, kinds=tuple(KINDS), map_location="cpu"):
         raise SystemExit(f"{path} is a {ckpt['kind']} checkpoint ({KINDS.get(ckpt['kind'], '?')}); this needs {want}: "
                          f"point at the out_dir of a {' or '.join(KINDS[k] for k in kinds)} run")
     return ckpt
+
+
+def model_from_checkpoint(ckpt, path):
+    """The model a checkpoint of ours holds, rebuilt from its config: BertForPreTraining (pretraining) or
+    BertForSequenceClassification (fine-tuning), with one message if it does not fit this model.py."""
+    from model import BertConfig, BertForPreTraining, BertForSequenceClassification
+    try:
+        config = BertConfig(**ckpt["model_config"])
+        model = BertForPreTraining(config) if ckpt["kind"] == "pretraining" else \
+            BertForSequenceClassification(config, ckpt["n_labels"], ckpt.get("pooling", "cls"))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise SystemExit(f"{path} does not fit this model.py ({describe(e)}); "
+                         "was it written by another version?")
+    return model
 
 
 def refuse_overwrite(path, what, resume_hint=""):

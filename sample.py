@@ -17,7 +17,7 @@ import torch
 
 import runtime
 import tokenizer as tokenization
-from model import BertConfig, BertForPreTraining, resolve_checkpoint
+from model import BertForPreTraining, resolve_checkpoint
 
 
 def load_model(out_dir="out", init_from=None, device="cpu"):
@@ -35,12 +35,7 @@ def load_model(out_dir="out", init_from=None, device="cpu"):
         if ckpt["tokenizer"] != "gpt2":
             raise SystemExit(f"{out_dir} was trained with tokenizer {ckpt['tokenizer']!r}; sample.py "
                              "reads our GPT-2 checkpoints (use --init_from for HuggingFace folders)")
-        model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise SystemExit(f"the checkpoint in {out_dir} does not fit this model.py "
-                             f"({str(e).splitlines()[0]}); was it written by another version?")
+        model = runtime.model_from_checkpoint(ckpt, out_dir)
         tok = tokenization.get_tokenizer()
     if tok.vocab_size > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size}")

@@ -12,7 +12,8 @@ fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, mic
 resumed run sees exactly the batches the uninterrupted run would have seen without saving any
 data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
 A resumed run takes its settings from the checkpoint; the command line may change how it runs
-(logging, evaluation, device, batch_size) and extend max_steps, never what it learns from.
+(logging, evaluation, device, batch_size), extend max_steps or move on to longer sequences, never
+the recipe (learning rate, seed, masking, model shape).
 """
 import importlib.util
 import json
@@ -100,7 +101,7 @@ def check_settings(cfg, world_size=1):
                  "n_layer", "n_head", "n_embd", "max_positions"):
         if getattr(cfg, name) < 1:
             p.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("run_steps", "warmup_steps", "weight_decay", "grad_clip", "min_lr"):
+    for name in ("run_steps", "warmup_steps", "weight_decay", "grad_clip", "min_lr", "seed"):
         if getattr(cfg, name) < 0:
             p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
     if cfg.block_size < 8:
