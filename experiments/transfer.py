@@ -6,9 +6,11 @@ per class, from our checkpoint and from a random init, fully fine-tuned and as a
 
     python experiments/transfer.py data        # corpus text + task CSVs under data/transfer/
     python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
-    python train.py config/bert_transfer.py    # ~10 min on 2 idle CPU cores -> out-transfer/
+    python train.py config/bert_transfer.py    # ~30 min on 2 idle CPU cores -> out-transfer/
     python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
-    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds
+    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds, ~35 min
+    python experiments/transfer.py baselines --train_rows=50           # the same with 50 labels a class
+    python experiments/transfer.py finetune --init_from=out-transfer --train_rows=50 --epochs=16 --mode=full
 
 Needs the Debian packages linux-doc-6.1 (the kernel docs), python3.11-doc, manpages and manpages-dev.
 scikit-learn is a dependency of this experiment only (the bag-of-words baseline), not of nanoBERT.
@@ -166,16 +168,16 @@ def render_man(path):
 # -----------------------------------------------------------------------------
 # baselines: the majority class and bag of words on the task, the unigram guess for masked tokens
 
-def read_task(out, split):
-    with open(os.path.join(out, "task", f"{split}.csv"), newline="") as f:
+def read_task(path):
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def baselines(out):
+def baselines(out, rows_per_class=0):
     from sklearn.feature_extraction.text import TfidfVectorizer  # this experiment's only extra dependency
     from sklearn.linear_model import LogisticRegression
-    (xtr, ytr), (xva, yva), (xte, yte) = (read_task(out, s) for s in ("train", "val", "test"))
+    (xtr, ytr), (xva, yva), (xte, yte) = map(read_task, (train_file(out, rows_per_class), f"{out}/task/val.csv", f"{out}/task/test.csv"))
     result = {}
     major = max(set(ytr), key=ytr.count)
     result["majority"] = dict(val=np.mean(np.array(yva) == major), test=np.mean(np.array(yte) == major))
@@ -198,7 +200,7 @@ def baselines(out):
     freq = np.bincount(np.fromfile(os.path.join(out, "bins", "train.bin"), dtype=np.uint16), minlength=50256)[:50256] + 0.5
     loss = -np.log(freq[val] / freq.sum()).mean()
     result["unigram mlm"] = dict(acc=counts.max() / len(val), token=int(counts.argmax()), loss=loss)
-    with open(os.path.join(out, "baselines.json"), "w") as f:
+    with open(baselines_file(out, rows_per_class), "w") as f:
         json.dump({k: {kk: float(vv) for kk, vv in v.items()} for k, v in result.items()}, f, indent=1)
     print(f"majority class: val {result['majority']['val']:.3f}, test {result['majority']['test']:.3f}")
     print(f"bag of words (TF-IDF 1-2 grams + logistic regression, C={best[1]}): val {best[0]:.3f}, test {best[2]:.3f}")
@@ -242,23 +244,56 @@ def random_init(init_from, out_dir):
                             os.path.join(out_dir, "ckpt.pt"))
 
 
-def finetune_one(init_from, out_dir, out, seed, probe, args):
-    lr, epochs = (args.probe_lr, args.probe_epochs) if probe else (args.lr, args.epochs)
+def finetune_one(init_from, out_dir, out, seed, probe, lr, args):
+    epochs = args.probe_epochs if probe else args.epochs
     cmd = [sys.executable, "finetune.py", f"--init_from={init_from}", f"--out_dir={out_dir}", "--task=kernel_docs",
-           f"--train_file={out}/task/train.csv", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
+           f"--train_file={train_file(out, args.train_rows)}", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
            f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
-           f"--pooling={args.pooling}", "--compile=False", "--log_interval=1000", *args.extra]
+           f"--pooling={args.pooling}", f"--dtype={args.dtype}", "--compile=False", "--log_interval=1000", *args.extra]
     os.makedirs(out_dir, exist_ok=True)
     text, seconds = run(cmd, os.path.join(out_dir, "finetune.log"))
     vals = [float(v) for v in re.findall(r"^epoch \d+ val accuracy ([0-9.]+)", text, re.M)]
     with open(os.path.join(out_dir, "predictions.tsv")) as f:
         pred = [line.rstrip("\n").split("\t")[1] for line in f][1:]
-    test = np.mean(np.array(pred) == np.array(read_task(out, "test")[1]))
+    test = np.mean(np.array(pred) == np.array(read_task(f"{out}/task/test.csv")[1]))
     return dict(val=max(vals), last_val=vals[-1], test=float(test), curve=vals, seconds=seconds)
 
 
+def train_file(out, rows_per_class):
+    """task/train.csv, or the first rows_per_class rows of each class of it (the labels-scarce setting):
+    a fixed subset, the same for every seed and init."""
+    if not rows_per_class:
+        return f"{out}/task/train.csv"
+    path = f"{out}/task/train-{rows_per_class}.csv"
+    if not os.path.isfile(path):
+        with open(f"{out}/task/train.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        counts, keep = {}, []
+        for r in rows:  # train.csv is in random order, so its first rows of a class are a random sample
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+            if counts[r["label"]] <= rows_per_class:
+                keep.append(r)
+        if min(counts.values()) < rows_per_class:
+            raise SystemExit(f"--train_rows={rows_per_class}: train.csv has {min(counts.values())} rows of its smallest class")
+        with open(path + ".tmp", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def baselines_file(out, rows_per_class):
+    return os.path.join(out, f"baselines-{rows_per_class}.json" if rows_per_class else "baselines.json")
+
+
+def work_dir(out, args):
+    name = os.path.basename(os.path.normpath(args.init_from)) + (f"-{args.train_rows}rows" if args.train_rows else "")
+    return args.work or os.path.join(out, "runs", name)
+
+
 def finetune(out, args):
-    work = args.work or os.path.join(out, "runs", os.path.basename(os.path.normpath(args.init_from)))
+    work = work_dir(out, args)
     os.makedirs(work, exist_ok=True)
     inits = {"pretrained": args.init_from}
     if not args.no_random:
@@ -268,34 +303,46 @@ def finetune(out, args):
     results = []
     for name, path in inits.items():
         for probe in ([False, True] if args.mode == "both" else [args.mode == "probe"]):
-            for seed in args.seeds:
-                tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'full'}-{seed}"
-                r = finetune_one(path, os.path.join(work, tag), out, seed, probe, args)
-                r.update(init=name, mode="linear probe" if probe else "full fine-tuning", seed=seed)
+            lrs = args.probe_lr if probe else args.lr
+            for lr, seed in ((lr, seed) for lr in lrs for seed in args.seeds):
+                tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'full'}{f'-lr{short(lr)}' if len(lrs) > 1 else ''}-{seed}"
+                r = finetune_one(path, os.path.join(work, tag), out, seed, probe, lr, args)
+                r.update(init=name, mode="linear probe" if probe else "full fine-tuning", seed=seed, lr=lr)
                 print(f"{tag}: best val {r['val']:.3f} (epochs {' '.join(f'{v:.3f}' for v in r['curve'])}), "
                       f"test {r['test']:.3f}, {r['seconds']:.0f}s", flush=True)
                 results.append(r)
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print_table(results, out, args.init_from)
+    print_table(results, baselines_file(out, args.train_rows), args.init_from)
 
 
-def print_table(results, out, init_from):
+def short(lr):
+    return f"{lr:.0e}".replace("e-0", "e-")  # 0.0003 -> 3e-4
+
+
+def print_table(results, baselines_path, init_from):
     def cell(v):
         return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
-    print(f"\n| model | mode | val accuracy (best epoch) | test accuracy (that epoch) | seeds |\n|---|---|---|---|---|")
+    print(f"\n| model | mode | lr | val accuracy (best epoch) | test accuracy (that epoch) | seeds |"
+          f"\n|---|---|---|---|---|---|")
     for init in dict.fromkeys(r["init"] for r in results):
         for mode in dict.fromkeys(r["mode"] for r in results):
             rs = [r for r in results if r["init"] == init and r["mode"] == mode]
-            if rs:
-                print(f"| {init} | {mode} | {cell([r['val'] for r in rs])} | {cell([r['test'] for r in rs])} | "
-                      f"{' '.join(str(r['seed']) for r in rs)} |")
-    path = os.path.join(out, "baselines.json")
+            if not rs:
+                continue
+            # every init and mode gets its own best learning rate, by mean val accuracy over the seeds
+            lrs = sorted({r["lr"] for r in rs})
+            best = max(lrs, key=lambda lr: np.mean([r["val"] for r in rs if r["lr"] == lr]))
+            grid = f" (best on val of {', '.join(map(short, lrs))})" if len(lrs) > 1 else ""
+            rs = [r for r in rs if r["lr"] == best]
+            print(f"| {init} | {mode} | {short(best)}{grid} | {cell([r['val'] for r in rs])} | {cell([r['test'] for r in rs])} | "
+                  f"{' '.join(str(r['seed']) for r in rs)} |")
+    path = baselines_path
     if os.path.isfile(path):
         with open(path) as f:
             b = json.load(f)
-        print(f"| majority class | - | {b['majority']['val']:.3f} | {b['majority']['test']:.3f} | - |")
-        print(f"| bag of words (TF-IDF + LR) | - | {b['bag of words']['val']:.3f} | {b['bag of words']['test']:.3f} | - |")
+        print(f"| majority class | - | - | {b['majority']['val']:.3f} | {b['majority']['test']:.3f} | - |")
+        print(f"| bag of words (TF-IDF + LR) | - | - | {b['bag of words']['val']:.3f} | {b['bag of words']['test']:.3f} | - |")
     log = os.path.join(init_from, "log.jsonl")
     if os.path.isfile(log):
         with open(log) as f:
@@ -319,22 +366,23 @@ def main(argv=None):
     p.add_argument("--mode", choices=["both", "full", "probe"], default="both")
     p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
     p.add_argument("--pooling", default="mean", help="finetune.py's pooling: mean measured better than cls here")
-    p.add_argument("--lr", type=float, default=1e-3, help="full fine-tuning learning rate")
+    p.add_argument("--lr", type=float, nargs="+", default=[3e-4, 1e-3], help="full fine-tuning learning rates: each init and mode keeps the one best on val")
     p.add_argument("--epochs", type=int, default=8, help="full fine-tuning epochs")
-    p.add_argument("--probe_lr", type=float, default=3e-3, help="linear probe learning rate")
+    p.add_argument("--probe_lr", type=float, nargs="+", default=[3e-3], help="linear probe learning rates, likewise")
     p.add_argument("--probe_epochs", type=int, default=20, help="linear probe epochs")
+    p.add_argument("--dtype", default="bfloat16", help="finetune.py's dtype, bf16 as the pretraining (float32 on a CPU without native bf16)")
+    p.add_argument("--train_rows", type=int, default=0, help="finetune: labelled rows per class (0: all of train.csv, 200)")
     p.add_argument("--extra", nargs="*", default=[], help="more finetune.py flags, e.g. --extra=--dropout=0.0")
     args = p.parse_args(argv)
     if args.command == "data":
         build_data(args.out)
     elif args.command == "baselines":
-        baselines(args.out)
+        baselines(args.out, args.train_rows)
     elif args.command == "finetune":
         finetune(args.out, args)
     else:
-        work = args.work or os.path.join(args.out, "runs", os.path.basename(os.path.normpath(args.init_from)))
-        with open(os.path.join(work, "results.json")) as f:
-            print_table(json.load(f), args.out, args.init_from)
+        with open(os.path.join(work_dir(args.out, args), "results.json")) as f:
+            print_table(json.load(f), baselines_file(args.out, args.train_rows), args.init_from)
 
 
 if __name__ == "__main__":
