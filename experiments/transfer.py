@@ -244,10 +244,10 @@ def random_init(init_from, out_dir):
                             os.path.join(out_dir, "ckpt.pt"))
 
 
-def finetune_one(init_from, out_dir, out, seed, probe, lr, args):
+def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
     epochs = args.probe_epochs if probe else args.epochs
     cmd = [sys.executable, "finetune.py", f"--init_from={init_from}", f"--out_dir={out_dir}", "--task=kernel_docs",
-           f"--train_file={train_file(out, args.train_rows)}", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
+           f"--train_file={train_csv}", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
            f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
            f"--pooling={args.pooling}", f"--dtype={args.dtype}", "--compile=False", "--log_interval=1000", *args.extra]
     os.makedirs(out_dir, exist_ok=True)
@@ -261,25 +261,26 @@ def finetune_one(init_from, out_dir, out, seed, probe, lr, args):
 
 def train_file(out, rows_per_class):
     """task/train.csv, or the first rows_per_class rows of each class of it (the labels-scarce setting):
-    a fixed subset, the same for every seed and init."""
+    a fixed subset, the same for every seed and init, written anew from train.csv each time."""
+    if not os.path.isfile(f"{out}/task/train.csv"):
+        raise SystemExit(f"no {out}/task/train.csv: make the task first with `python experiments/transfer.py data --out={out}`")
     if not rows_per_class:
         return f"{out}/task/train.csv"
+    with open(f"{out}/task/train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    counts, keep = {}, []
+    for r in rows:  # train.csv is in random order, so its first rows of a class are a random sample
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+        if counts[r["label"]] <= rows_per_class:
+            keep.append(r)
+    if min(counts.values()) < rows_per_class:
+        raise SystemExit(f"--train_rows={rows_per_class}: train.csv has {min(counts.values())} rows of its smallest class")
     path = f"{out}/task/train-{rows_per_class}.csv"
-    if not os.path.isfile(path):
-        with open(f"{out}/task/train.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        counts, keep = {}, []
-        for r in rows:  # train.csv is in random order, so its first rows of a class are a random sample
-            counts[r["label"]] = counts.get(r["label"], 0) + 1
-            if counts[r["label"]] <= rows_per_class:
-                keep.append(r)
-        if min(counts.values()) < rows_per_class:
-            raise SystemExit(f"--train_rows={rows_per_class}: train.csv has {min(counts.values())} rows of its smallest class")
-        with open(path + ".tmp", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(path + ".tmp", path)
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(keep)
+    os.replace(path + ".tmp", path)
     return path
 
 
@@ -293,6 +294,7 @@ def work_dir(out, args):
 
 
 def finetune(out, args):
+    train_csv = train_file(out, args.train_rows)  # before any run, so a bad --train_rows stops at once
     work = work_dir(out, args)
     os.makedirs(work, exist_ok=True)
     inits = {"pretrained": args.init_from}
@@ -306,7 +308,7 @@ def finetune(out, args):
             lrs = args.probe_lr if probe else args.lr
             for lr, seed in ((lr, seed) for lr in lrs for seed in args.seeds):
                 tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'full'}{f'-lr{short(lr)}' if len(lrs) > 1 else ''}-{seed}"
-                r = finetune_one(path, os.path.join(work, tag), out, seed, probe, lr, args)
+                r = finetune_one(path, os.path.join(work, tag), out, train_csv, seed, probe, lr, args)
                 r.update(init=name, mode="linear probe" if probe else "full fine-tuning", seed=seed, lr=lr)
                 print(f"{tag}: best val {r['val']:.3f} (epochs {' '.join(f'{v:.3f}' for v in r['curve'])}), "
                       f"test {r['test']:.3f}, {r['seconds']:.0f}s", flush=True)
@@ -374,6 +376,8 @@ def main(argv=None):
     p.add_argument("--train_rows", type=int, default=0, help="finetune: labelled rows per class (0: all of train.csv, 200)")
     p.add_argument("--extra", nargs="*", default=[], help="more finetune.py flags, e.g. --extra=--dropout=0.0")
     args = p.parse_args(argv)
+    if args.train_rows < 0 or min(args.lr + args.probe_lr) <= 0 or min(args.epochs, args.probe_epochs) < 1:
+        p.error("--train_rows must be >= 0, learning rates > 0 and epochs >= 1")
     if args.command == "data":
         build_data(args.out)
     elif args.command == "baselines":
