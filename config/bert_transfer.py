@@ -1,5 +1,5 @@
 # The transfer experiment of issue 14 (experiments/transfer.py): BERT-mini's shape (4 layers x 256),
-# MLM only, on the kernel-docs corpus, in ~30 minutes on 2 CPU cores.
+# MLM only, on the kernel-docs corpus, in 30 minutes on 2 CPU cores with bf16 in hardware.
 #   python experiments/transfer.py data
 #   python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
 #   python train.py config/bert_transfer.py
@@ -24,7 +24,8 @@ dropout = 0.0                 # a short run underfits: nothing to regularise
 init_std = 0.035              # BERT's 0.02 at 768 wide, scaled by 1/sqrt(width): 0.02 keeps a narrow model on the unigram plateau
 
 learning_rate = 1e-3          # 2e-3 stalls at 256 wide (val MLM 7.41 against 6.85 at step 250)
-max_steps = 4000              # 16.4M tokens, 1.5 epochs; ~0.45 s a step on 2 idle CPU cores (~30 min)
+max_steps = 4000              # 16.4M tokens, 1.5 epochs; 0.40-0.54 s a step in bf16 on 2 idle cores with AVX512-BF16
+                              # (30 min); 1.75 s in float32 on 2 AVX2-only cores (2 h)
 warmup_steps = 200
-dtype = "bfloat16"            # ~1.8x float32's speed on a CPU with AVX512-BF16 or AMX; elsewhere use float32
+dtype = "auto"                # bf16 on a CPU with AVX512-BF16 or AMX (~2x float32), else float32
 compile = False               # on a short CPU run compiling costs more time than it saves

@@ -78,6 +78,34 @@ def test_refuse_overwrite_and_writable(tmp_path):
     assert "is a file" in runtime.check_writable(str(tmp_path / "f" / "out"))
 
 
+def test_auto_takes_bf16_only_on_a_cpu_that_has_it(tmp_path, monkeypatch, capsys):
+    """dtype='auto' on a CPU: bf16 where the CPU does it in hardware (AVX512-BF16 or AMX in Linux's flags,
+    AVX-512 kernels in torch), fp32 where bf16 would be emulated (tens of times slower)."""
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for flags, has in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16 amx_tile", True),
+                       ("fpu avx2 avx512f avx512_vnni", False)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert runtime.cpu_has_bf16(str(info)) is has, flags
+    assert runtime.cpu_has_bf16(str(tmp_path / "absent")) is False  # not Linux
+    info.write_text("flags\t\t: avx2 avx512_bf16\n")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert runtime.cpu_has_bf16(str(info)) is False
+
+    for has, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has)
+        ctx, scaler = runtime.autocast_and_scaler("cpu", "auto")
+        with ctx:
+            assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == want
+        assert not scaler.is_enabled()
+    assert "warning" not in capsys.readouterr().err
+    runtime.autocast_and_scaler("cpu", "bfloat16")  # asked for on a CPU without it: done, with a warning
+    assert "bfloat16 is likely emulated" in capsys.readouterr().err
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    runtime.autocast_and_scaler("cpu", "bfloat16")
+    assert capsys.readouterr().err == ""
+
+
 def test_device_and_dtype_checks():
     assert runtime.check_device("cpu") is None and runtime.check_device("auto") is None
     assert "must be one of" in runtime.check_device("tpu")
