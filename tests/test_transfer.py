@@ -148,7 +148,33 @@ def test_experiment_picks_each_inits_learning_rate_on_val(tmp_path, capsys):
         ("random init", 3e-4, 1, 0.40, 0.90), ("random init", 3e-4, 2, 0.40, 0.90),
         ("random init", 1e-3, 1, 0.45, 0.30), ("random init", 1e-3, 2, 0.47, 0.34)]
     results = [dict(init=i, mode="full fine-tuning", lr=lr, seed=s, val=v, test=t) for i, lr, s, v, t in runs]
-    transfer.print_table(results, str(tmp_path / "baselines.json"), str(tmp_path))
-    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines() if "fine-tuning" in line}
+    for r in results:  # the gap on test is between the runs picked on val too
+        picked = (r["init"], r["lr"]) in (("pretrained", 3e-4), ("random init", 1e-3))
+        r["test_correct"] = ([1, 1, 1, 1] if r["init"] == "pretrained" else [0, 0, 1, 1]) if picked else [0, 1, 0, 0]
+    (tmp_path / "test.csv").write_text("text,label,file\na,x,f1\nb,x,f1\nc,y,f2\nd,y,f2\n")
+    transfer.print_table(results, str(tmp_path / "baselines.json"), str(tmp_path), str(tmp_path / "test.csv"))
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("|") and "fine-tuning" in line}
     assert rows["pretrained"].startswith("| pretrained | full fine-tuning | 3e-4 (best on val of 3e-4, 1e-3) | 0.610 ± 0.010 | 0.510 ± 0.010 |")
     assert rows["random init"].startswith("| random init | full fine-tuning | 1e-3 (best on val of 3e-4, 1e-3) | 0.460 ± 0.010 | 0.320 ± 0.020 |")
+    assert "full fine-tuning, pretrained - random init on test: +0.500 ± " in out
+    assert "over the 2 test files" in out
+
+
+def test_gap_standard_error_resamples_files_not_rows():
+    """Paragraphs of one file are alike: when whole files are right or wrong together, the gap between
+    two models is far less certain than as many independent rows would make it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("transfer", os.path.join(os.path.dirname(__file__), "..", "experiments", "transfer.py"))
+    transfer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(transfer)
+    rng = np.random.default_rng(0)
+    files = np.repeat(np.arange(40), 25)  # 40 files of 25 rows
+    a = np.repeat(rng.random(40) < 0.6, 25).astype(float)  # right or wrong file by file
+    b = np.zeros(1000)
+    gap, se = transfer.gap_and_se(a, b, files)
+    assert gap == a.mean()
+    assert 0.06 < se < 0.10  # about sqrt(0.24 / 40): 40 draws, not 1,000
+    _, se_rows = transfer.gap_and_se(a, b, np.arange(1000))  # every row its own file
+    assert 0.01 < se_rows < 0.02  # about sqrt(0.24 / 1000)
+    assert transfer.gap_and_se(a, a, files) == (0.0, 0.0)
