@@ -135,13 +135,19 @@ def test_broken_masking_does_not_transfer(toy, monkeypatch):
     assert pretrain_and_probe(root, files, "broken") < 0.45
 
 
-def test_experiment_picks_each_inits_learning_rate_on_val(tmp_path, capsys):
-    """experiments/transfer.py reports, for each init and mode, the learning rate with the best mean val
-    accuracy over seeds, and the test accuracy of those runs: never a rate picked on test."""
+def load_transfer():
+    """experiments/transfer.py as a module (it is a script in a folder, not a package)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("transfer", os.path.join(os.path.dirname(__file__), "..", "experiments", "transfer.py"))
     transfer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(transfer)
+    return transfer
+
+
+def test_experiment_picks_each_inits_learning_rate_on_val(tmp_path, capsys):
+    """experiments/transfer.py reports, for each init and mode, the learning rate with the best mean val
+    accuracy over seeds, and the test accuracy of those runs: never a rate picked on test."""
+    transfer = load_transfer()
     runs = [  # (init, lr, seed, val, test): pretrained is best on val at 3e-4, random init at 1e-3; test says the opposite
         ("pretrained", 3e-4, 1, 0.60, 0.50), ("pretrained", 3e-4, 2, 0.62, 0.52),
         ("pretrained", 1e-3, 1, 0.55, 0.70), ("pretrained", 1e-3, 2, 0.55, 0.70),
@@ -164,10 +170,7 @@ def test_experiment_picks_each_inits_learning_rate_on_val(tmp_path, capsys):
 def test_gap_standard_error_resamples_files_not_rows():
     """Paragraphs of one file are alike: when whole files are right or wrong together, the gap between
     two models is far less certain than as many independent rows would make it."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("transfer", os.path.join(os.path.dirname(__file__), "..", "experiments", "transfer.py"))
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+    transfer = load_transfer()
     rng = np.random.default_rng(0)
     files = np.repeat(np.arange(40), 25)  # 40 files of 25 rows
     a = np.repeat(rng.random(40) < 0.6, 25).astype(float)  # right or wrong file by file
