@@ -66,6 +66,12 @@ def paragraphs(text):
     return [p for p in text.split("\n\n") if p.strip()]
 
 
+def one_line(p):
+    """A paragraph as one line, every run of white space one space: the task's text, and the form in
+    which copies of a paragraph are found."""
+    return " ".join(p.split())
+
+
 def is_prose(p):
     """A paragraph worth labelling: running text of 20-200 words, not code, a table, a list of
     fields or a directive."""
@@ -98,6 +104,10 @@ def top_folder(path):
 # data: the corpus text files and the task CSVs
 
 def build_data(out):
+    missing = [pkg for pkg, found in (("linux-doc-6.1", os.path.isdir(KERNEL_DOCS)), ("python3.11-doc", os.path.isdir(PYTHON_DOCS)),
+                                      ("manpages manpages-dev", bool(glob.glob(MAN_PAGES)))) if not found]
+    if missing:
+        raise SystemExit(f"the corpus text is not on this machine: apt-get install {' '.join(missing)}")
     rng = np.random.default_rng(SPLIT_SEED)
     files = kernel_files()
     texts = {f: clean(read_gz(f), keep_indent=True) for f in files}  # indentation tells prose from code
@@ -110,19 +120,19 @@ def build_data(out):
             split_of[f] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
 
     # the task: prose paragraphs of each class's files, the same number from every class, each class
-    # and split sampled by its own generator, so a change to one split's size leaves the others' rows alone
-    # A val or test paragraph must not also stand in a file that pretraining reads: some text is copied
-    # between files (29 of the test rows were, licence and boilerplate paragraphs among them)
-    seen = {" ".join(p.split()) for f in files if split_of.get(f, "train") == "train" for p in paragraphs(texts[f])}
+    # and split sampled by its own generator, so a change to one split's size leaves the others' rows
+    # alone. A val or test paragraph must not also stand in a file that pretraining reads: some text is
+    # copied between files (29 of the test rows were, licence and boilerplate paragraphs among them)
+    seen = {one_line(p) for f in files if split_of.get(f, "train") == "train" for p in paragraphs(texts[f])}
     rows = {s: [] for s in ROWS}
     for ci, c in enumerate(CLASSES):
         for si, (s, n) in enumerate(ROWS.items()):
             pool = [(p, f) for f in files if split_of.get(f) == s and top_folder(f) == c
-                    for p in paragraphs(texts[f]) if is_prose(p) and (s == "train" or " ".join(p.split()) not in seen)]
+                    for p in paragraphs(texts[f]) if is_prose(p) and (s == "train" or one_line(p) not in seen)]
             if len(pool) < n:
                 raise SystemExit(f"class {c} has only {len(pool)} {s} paragraphs, {n} wanted")
             pick = np.random.default_rng([SPLIT_SEED, ci, si]).choice(len(pool), n, replace=False)
-            rows[s] += [dict(text=" ".join(pool[i][0].split()), label=c, file=os.path.relpath(pool[i][1], KERNEL_DOCS))
+            rows[s] += [dict(text=one_line(pool[i][0]), label=c, file=os.path.relpath(pool[i][1], KERNEL_DOCS))
                         for i in sorted(pick)]
     os.makedirs(os.path.join(out, "task"), exist_ok=True)
     for s, r in rows.items():
@@ -184,6 +194,10 @@ def baselines(out, rows_per_class=0):
     from sklearn.feature_extraction.text import TfidfVectorizer  # this experiment's only extra dependency
     from sklearn.linear_model import LogisticRegression
     (xtr, ytr), (xva, yva), (xte, yte) = map(read_task, (train_file(out, rows_per_class), f"{out}/task/val.csv", f"{out}/task/test.csv"))
+    bins = [os.path.join(out, "bins", f"{s}.bin") for s in ("train", "val")]
+    if not all(map(os.path.isfile, bins)):
+        raise SystemExit(f"no {bins[0]} or {bins[1]}: make them first with "
+                         f"`python prepare.py --files \"{out}/corpus/*.txt\" --out_dir {out}/bins`")
     result = {}
     major = max(set(ytr), key=ytr.count)
     result["majority"] = dict(val=np.mean(np.array(yva) == major), test=np.mean(np.array(yte) == major))
@@ -200,10 +214,10 @@ def baselines(out, rows_per_class=0):
     # (train.py masks text tokens uniformly, so this is the share of that token among masked positions)
     # and its loss: the cross-entropy of val.bin's tokens under train.bin's token frequencies, which is
     # what a model that ignores the context can reach (the "unigram plateau")
-    val = np.fromfile(os.path.join(out, "bins", "val.bin"), dtype=np.uint16)
+    val = np.fromfile(bins[1], dtype=np.uint16)
     val = val[val < 50256]  # text ids; EOT is never masked
     counts = np.bincount(val)
-    freq = np.bincount(np.fromfile(os.path.join(out, "bins", "train.bin"), dtype=np.uint16), minlength=50256)[:50256] + 0.5
+    freq = np.bincount(np.fromfile(bins[0], dtype=np.uint16), minlength=50256)[:50256] + 0.5
     loss = -np.log(freq[val] / freq.sum()).mean()
     result["unigram mlm"] = dict(acc=counts.max() / len(val), token=int(counts.argmax()), loss=loss)
     with open(baselines_file(out, rows_per_class), "w") as f:
@@ -358,9 +372,8 @@ def print_table(results, baselines_path, init_from, test_csv=None):
             rs = picked[init, mode] = [r for r in rs if r["lr"] == best]
             print(f"| {init} | {mode} | {short(best)}{grid} | {cell([r['val'] for r in rs])} | {cell([r['test'] for r in rs])} | "
                   f"{' '.join(str(r['seed']) for r in rs)} |")
-    path = baselines_path
-    if os.path.isfile(path):
-        with open(path) as f:
+    if os.path.isfile(baselines_path):
+        with open(baselines_path) as f:
             b = json.load(f)
         print(f"| majority class | - | - | {b['majority']['val']:.3f} | {b['majority']['test']:.3f} | - |")
         print(f"| bag of words (TF-IDF + LR) | - | - | {b['bag of words']['val']:.3f} | {b['bag of words']['test']:.3f} | - |")
@@ -371,7 +384,7 @@ def print_table(results, baselines_path, init_from, test_csv=None):
         if evals:
             e = evals[-1]
             unigram = (f" (unigram baseline: loss {b['unigram mlm']['loss']:.3f}, accuracy {b['unigram mlm']['acc']:.1%})"
-                       if os.path.isfile(path) else "")
+                       if os.path.isfile(baselines_path) else "")
             print(f"\npretraining ({init_from}) at step {e['step']}: val MLM loss {e['val_mlm_loss']:.3f}, "
                   f"val masked-token accuracy {e['val_mlm_acc']:.1%}{unigram}")
     print("(± is the standard deviation over seeds)")
@@ -413,8 +426,14 @@ def main(argv=None):
     elif args.command == "finetune":
         finetune(args.out, args)
     else:
-        with open(os.path.join(work_dir(args.out, args), "results.json")) as f:
-            print_table(json.load(f), baselines_file(args.out, args.train_rows), args.init_from, f"{args.out}/task/test.csv")
+        path = os.path.join(work_dir(args.out, args), "results.json")
+        try:
+            with open(path) as f:
+                results = json.load(f)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"cannot read {path} ({e}): `transfer.py finetune` with the same --init_from, --train_rows "
+                             f"and --work writes it")
+        print_table(results, baselines_file(args.out, args.train_rows), args.init_from, f"{args.out}/task/test.csv")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,23 @@ def test_gap_standard_error_resamples_files_not_rows():
     _, se_rows = transfer.gap_and_se(a, b, np.arange(1000))  # every row its own file
     assert 0.01 < se_rows < 0.02  # about sqrt(0.24 / 1000)
     assert transfer.gap_and_se(a, a, files) == (0.0, 0.0)
+
+
+def test_each_command_without_its_inputs_says_what_to_run(tmp_path, monkeypatch):
+    transfer = load_transfer()
+    monkeypatch.setattr(transfer, "KERNEL_DOCS", str(tmp_path / "no-docs"))
+    with pytest.raises(SystemExit, match="apt-get install linux-doc-6.1"):
+        transfer.main(["data", f"--out={tmp_path / 'data'}"])
+    assert not (tmp_path / "data").exists()
+    task = tmp_path / "data" / "task"
+    task.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (task / f"{split}.csv").write_text("text,label,file\na b,x,f1\nc d,y,f2\n")
+    with pytest.raises(SystemExit, match="make them first with `python prepare.py"):
+        transfer.main(["baselines", f"--out={tmp_path / 'data'}"])
+    with pytest.raises(SystemExit, match="results.json .*`transfer.py finetune`"):
+        transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
+    (tmp_path / "data" / "runs" / "run").mkdir(parents=True)
+    (tmp_path / "data" / "runs" / "run" / "results.json").write_text('[{"init": "pretr')  # cut short
+    with pytest.raises(SystemExit, match="cannot read .*results.json"):
+        transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
