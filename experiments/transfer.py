@@ -265,19 +265,29 @@ def random_init(init_from, out_dir):
 
 
 def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
+    """One finetune.py run, or the result it left in out_dir when it ran with the same command."""
     epochs = args.probe_epochs if probe else args.epochs
     cmd = [sys.executable, "finetune.py", f"--init_from={init_from}", f"--out_dir={out_dir}", "--task=kernel_docs",
            f"--train_file={train_csv}", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
            f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
            f"--pooling={args.pooling}", f"--dtype={args.dtype}", "--compile=False", "--log_interval=1000", *args.extra]
+    done = os.path.join(out_dir, "result.json")  # the work folder is this script's: a run is reused or replaced
+    if os.path.isfile(done):
+        with open(done) as f:
+            r = json.load(f)
+        if r.get("cmd") == cmd[1:]:
+            return r
     os.makedirs(out_dir, exist_ok=True)
-    text, seconds = run(cmd, os.path.join(out_dir, "finetune.log"))
+    text, seconds = run(cmd + ["--overwrite=True"], os.path.join(out_dir, "finetune.log"))
     vals = [float(v) for v in re.findall(r"^epoch \d+ val accuracy ([0-9.]+)", text, re.M)]
     with open(os.path.join(out_dir, "predictions.tsv")) as f:
         pred = [line.rstrip("\n").split("\t")[1] for line in f][1:]
     correct = np.array(pred) == np.array(read_task(f"{out}/task/test.csv")[1])
-    return dict(val=max(vals), last_val=vals[-1], test=float(correct.mean()), curve=vals, seconds=seconds,
-                test_correct=correct.astype(int).tolist())
+    r = dict(val=max(vals), last_val=vals[-1], test=float(correct.mean()), curve=vals, seconds=seconds,
+             test_correct=correct.astype(int).tolist(), cmd=cmd[1:])
+    with open(done, "w") as f:
+        json.dump(r, f)
+    return r
 
 
 def gap_and_se(a, b, files, n=4000, seed=0):
@@ -334,17 +344,29 @@ def finetune(out, args):
         inits["random init"] = os.path.join(work, "random-init")
         if not os.path.isfile(os.path.join(inits["random init"], "ckpt.pt")):
             random_init(args.init_from, inits["random init"])
+    modes = {"both": [False, True], "probe": [True], "full": [False]}[args.mode]
+    if args.lpft and False in modes:
+        modes = [True, False]  # the probes first: full fine-tuning starts from them
     results = []
     for name, path in inits.items():
-        for probe in ([False, True] if args.mode == "both" else [args.mode == "probe"]):
+        probes = {}  # seed -> the run folder of that seed's linear probe, at the probe lr picked on val
+        for probe in modes:
             lrs = args.probe_lr if probe else args.lr
+            runs = []
             for lr, seed in ((lr, seed) for lr in lrs for seed in args.seeds):
-                tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'full'}{f'-lr{short(lr)}' if len(lrs) > 1 else ''}-{seed}"
-                r = finetune_one(path, os.path.join(work, tag), out, train_csv, seed, probe, lr, args)
-                r.update(init=name, mode="linear probe" if probe else "full fine-tuning", seed=seed, lr=lr)
+                mode = "linear probe" if probe else "probe, then full fine-tuning" if args.lpft else "full fine-tuning"
+                tag = f"{name.replace(' ', '-')}-{'probe' if probe else 'lpft' if args.lpft else 'full'}" \
+                      f"{f'-lr{short(lr)}' if len(lrs) > 1 else ''}-{seed}"
+                start = path if probe or not args.lpft else probes[seed]
+                r = finetune_one(start, os.path.join(work, tag), out, train_csv, seed, probe, lr, args)
+                r.update(init=name, mode=mode, seed=seed, lr=lr, dir=os.path.join(work, tag))
                 print(f"{tag}: best val {r['val']:.3f} (epochs {' '.join(f'{v:.3f}' for v in r['curve'])}), "
                       f"test {r['test']:.3f}, {r['seconds']:.0f}s", flush=True)
-                results.append(r)
+                runs.append(r)
+            if probe:
+                best = max(lrs, key=lambda lr: np.mean([r["val"] for r in runs if r["lr"] == lr]))
+                probes = {r["seed"]: r["dir"] for r in runs if r["lr"] == best}
+            results += runs
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print_table(results, baselines_file(out, args.train_rows), args.init_from, f"{out}/task/test.csv")
@@ -404,11 +426,13 @@ def main(argv=None):
     p.add_argument("command", choices=["data", "baselines", "finetune", "table"])
     p.add_argument("--out", default=os.path.join(ROOT, "data", "transfer"), help="where the data goes")
     p.add_argument("--init_from", default="out-transfer", help="finetune: the pretraining run's out_dir")
-    p.add_argument("--work", default="", help="finetune: where the runs go (default <out>/runs/<init_from's name>)")
+    p.add_argument("--work", default="", help="finetune: where the runs go (default <out>/runs/<init_from's name>); a run finished there with the same settings is reused, one with other settings replaced")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--mode", choices=["both", "full", "probe"], default="both")
     p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
-    p.add_argument("--pooling", default="mean", help="finetune.py's pooling: mean measured better than cls here")
+    p.add_argument("--lpft", action="store_true", help="full fine-tuning starts from the linear probe of the same init and "
+                   "seed (its trained head) instead of a random head (Kumar et al. 2022, LP-FT)")
+    p.add_argument("--pooling", default="mean", choices=["cls", "mean"], help="finetune.py's pooling: mean measured better than cls here")
     p.add_argument("--lr", type=float, nargs="+", default=[3e-4, 1e-3], help="full fine-tuning learning rates: each init and mode keeps the one best on val")
     p.add_argument("--epochs", type=int, default=8, help="full fine-tuning epochs")
     p.add_argument("--probe_lr", type=float, nargs="+", default=[3e-3], help="linear probe learning rates, likewise")
@@ -424,6 +448,9 @@ def main(argv=None):
     elif args.command == "baselines":
         baselines(args.out, args.train_rows)
     elif args.command == "finetune":
+        import runtime  # torch, which the other commands do without
+        if runtime.check_dtype(args.dtype):  # before the random init is written or any run starts
+            p.error(runtime.check_dtype(args.dtype))
         finetune(args.out, args)
     else:
         path = os.path.join(work_dir(args.out, args), "results.json")

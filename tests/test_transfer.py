@@ -183,7 +183,7 @@ def test_gap_standard_error_resamples_files_not_rows():
     assert transfer.gap_and_se(a, a, files) == (0.0, 0.0)
 
 
-def test_each_command_without_its_inputs_says_what_to_run(tmp_path, monkeypatch):
+def test_each_command_without_its_inputs_says_what_to_run(tmp_path, monkeypatch, capsys):
     transfer = load_transfer()
     monkeypatch.setattr(transfer, "KERNEL_DOCS", str(tmp_path / "no-docs"))
     with pytest.raises(SystemExit, match="apt-get install linux-doc-6.1"):
@@ -197,7 +197,45 @@ def test_each_command_without_its_inputs_says_what_to_run(tmp_path, monkeypatch)
         transfer.main(["baselines", f"--out={tmp_path / 'data'}"])
     with pytest.raises(SystemExit, match="results.json .*`transfer.py finetune`"):
         transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
+    for bad in ("--dtype=fp32", "--pooling=max"):  # stopped before the random init is written
+        with pytest.raises(SystemExit):
+            transfer.main(["finetune", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}", bad])
+    assert "dtype must be one of auto, float32" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "runs").exists()
     (tmp_path / "data" / "runs" / "run").mkdir(parents=True)
     (tmp_path / "data" / "runs" / "run" / "results.json").write_text('[{"init": "pretr')  # cut short
     with pytest.raises(SystemExit, match="cannot read .*results.json"):
         transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
+
+
+def test_lpft_starts_each_full_run_from_its_seeds_probe_and_reruns_nothing_done(tmp_path, monkeypatch):
+    """--lpft: full fine-tuning of seed s starts from seed s's linear probe (its trained head), so the
+    probes run first. A run whose folder holds the result of the same command is not run again; one
+    that ran with other settings is replaced."""
+    transfer = load_transfer()
+    task = tmp_path / "data" / "task"
+    task.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (task / f"{split}.csv").write_text("text,label,file\na b,x,f1\nc d,y,f2\n")
+    calls = []
+
+    def fake_finetune(cmd, log_path):
+        calls.append(flags := dict(a[2:].split("=", 1) for a in cmd[2:]))
+        with open(os.path.join(flags["out_dir"], "predictions.tsv"), "w") as f:
+            f.write("index\tprediction\n0\tx\n1\tx\n")
+        return "epoch 1 val accuracy 0.500\n", 1.0
+    monkeypatch.setattr(transfer, "run", fake_finetune)
+    argv = ["finetune", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'pretrained'}", "--no_random",
+            "--lpft", "--mode=full", "--seeds", "1", "2", "--lr", "3e-4", "1e-3"]
+    transfer.main(argv)
+    probes = {c["seed"]: c for c in calls if c["freeze_encoder"] == "True"}
+    full = [c for c in calls if c["freeze_encoder"] == "False"]
+    assert sorted(probes) == ["1", "2"] and len(full) == 4
+    assert calls.index(probes["2"]) < calls.index(full[0])
+    assert all(probes[c["seed"]]["init_from"] == str(tmp_path / "pretrained") for c in full)
+    assert all(c["init_from"] == probes[c["seed"]]["out_dir"] for c in full)
+    calls.clear()
+    transfer.main(argv)
+    assert calls == []
+    transfer.main(argv + ["--epochs=3"])  # another command: those runs are run again
+    assert len(calls) == 4 and all(c["epochs"] == "3" and c["overwrite"] == "True" for c in calls)
