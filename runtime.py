@@ -358,7 +358,10 @@ class StopSignal:
 
     def handle(self, signum, frame):
         self.requested = True
-        signal.signal(signum, self.previous[signum])
+        again = self.previous[signum]
+        if again == signal.SIG_IGN:  # started as `cmd &` from a script, which ignores SIGINT: the second acts all the same
+            again = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        signal.signal(signum, again)
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next log step, then stopping "
               "(send it again to stop at once)", flush=True)
 

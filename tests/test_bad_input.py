@@ -329,10 +329,11 @@ def test_missing_optional_packages(data, tmp_path):
 # -----------------------------------------------------------------------------
 # Ctrl-C
 
-def start(script, *args, cwd=ROOT):
+def start(script, *args, cwd=ROOT, ignore_sigint=False):
     log = open(os.path.join(cwd, f"{os.path.basename(script)}.stdout"), "w+")
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd, env=ENV,
-                         stdout=log, stderr=subprocess.PIPE, text=True)
+                         stdout=log, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     return p, log
 
 
@@ -365,16 +366,18 @@ def test_ctrl_c_in_train_saves_and_stops_then_stops_at_once(data, tmp_path):
     assert runtime.load_checkpoint(str(out))["step"] >= 1
     no_temporary_files(out)
 
-    # a second Ctrl-C before the save: one line, nothing written
-    out2 = tmp_path / "out2"
-    p, log = start("train.py", *tiny_run(data, out2, "--max_steps=100000", "--eval_interval=100000",
-                                         "--log_interval=100000"), cwd=tmp_path)
-    wait_for(p, log, lambda line: line.startswith("eval step 0"))
-    p.send_signal(signal.SIGINT)
-    wait_for(p, log, lambda line: line.startswith("SIGINT: saving"))
-    p.send_signal(signal.SIGINT)
-    assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == "interrupted"
-    assert os.listdir(out2) == ["log.jsonl"]
+    # a second Ctrl-C before the save: one line, nothing written. Also when the run was started in the
+    # background by a script (`python train.py &`), which starts it with SIGINT ignored
+    for ignored in (False, True):
+        out2 = tmp_path / f"out-{ignored}"
+        p, log = start("train.py", *tiny_run(data, out2, "--max_steps=100000", "--eval_interval=100000",
+                                             "--log_interval=100000"), cwd=tmp_path, ignore_sigint=ignored)
+        wait_for(p, log, lambda line: line.startswith("eval step 0"))
+        p.send_signal(signal.SIGINT)
+        wait_for(p, log, lambda line: line.startswith("SIGINT: saving"))
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == "interrupted"
+        assert os.listdir(out2) == ["log.jsonl"]
 
 
 def test_ctrl_c_in_finetune(pretrained, task, tmp_path):
