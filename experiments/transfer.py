@@ -11,6 +11,7 @@ per class, from our checkpoint and from a random init, fully fine-tuned and as a
     python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds, ~35 min
     python experiments/transfer.py baselines --train_rows=50           # the same with 50 labels a class
     python experiments/transfer.py finetune --init_from=out-transfer --train_rows=50 --epochs=16 --mode=full
+    python experiments/transfer.py finetune --init_from=out-transfer --lpft --mode=full --work=data/transfer/runs/lpft
 
 Needs the Debian packages linux-doc-6.1 (the kernel docs), python3.11-doc, manpages and manpages-dev.
 scikit-learn is a dependency of this experiment only (the bag-of-words baseline), not of nanoBERT.
