@@ -24,6 +24,7 @@ import argparse
 import csv
 import glob
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -266,18 +267,27 @@ def random_init(init_from, out_dir):
 
 
 def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
-    """One finetune.py run, or the result it left in out_dir when it ran with the same command."""
+    """One finetune.py run, or the result it left in out_dir when it ran with the same command and inputs."""
     epochs = args.probe_epochs if probe else args.epochs
     cmd = [sys.executable, "finetune.py", f"--init_from={init_from}", f"--out_dir={out_dir}", "--task=kernel_docs",
            f"--train_file={train_csv}", f"--val_file={out}/task/val.csv", f"--test_file={out}/task/test.csv",
            f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
            f"--pooling={args.pooling}", f"--dtype={args.dtype}", "--compile=False", "--log_interval=1000", *args.extra]
-    done = os.path.join(out_dir, "result.json")  # the work folder is this script's: a run is reused or replaced
-    if os.path.isfile(done):
+    import runtime
+    # a run is known by its command, its checkpoint's size and time and its CSVs' contents (train_file
+    # writes its subset anew each time): a retrained checkpoint or rebuilt task under the same names makes
+    # it run again. The work folder is this script's: a run is reused or replaced
+    ckpt = os.stat(os.path.join(init_from, "ckpt.pt"))
+    csvs = [train_csv, f"{out}/task/val.csv", f"{out}/task/test.csv"]
+    key = dict(cmd=cmd[1:], ckpt=[ckpt.st_size, ckpt.st_mtime_ns], csvs=[hashlib.sha256(open(f, "rb").read()).hexdigest() for f in csvs])
+    done = os.path.join(out_dir, "result.json")
+    try:
         with open(done) as f:
             r = json.load(f)
-        if r.get("cmd") == cmd[1:]:
+        if r.get("key") == key:
             return r
+    except (OSError, ValueError):  # not run yet, or cut short: run it
+        pass
     os.makedirs(out_dir, exist_ok=True)
     text, seconds = run(cmd + ["--overwrite=True"], os.path.join(out_dir, "finetune.log"))
     vals = [float(v) for v in re.findall(r"^epoch \d+ val accuracy ([0-9.]+)", text, re.M)]
@@ -285,9 +295,8 @@ def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
         pred = [line.rstrip("\n").split("\t")[1] for line in f][1:]
     correct = np.array(pred) == np.array(read_task(f"{out}/task/test.csv")[1])
     r = dict(val=max(vals), last_val=vals[-1], test=float(correct.mean()), curve=vals, seconds=seconds,
-             test_correct=correct.astype(int).tolist(), cmd=cmd[1:])
-    with open(done, "w") as f:
-        json.dump(r, f)
+             test_correct=correct.astype(int).tolist(), key=key)
+    runtime.write_bytes(done, json.dumps(r).encode())
     return r
 
 
@@ -337,14 +346,19 @@ def work_dir(out, args):
 
 
 def finetune(out, args):
+    import runtime
     train_csv = train_file(out, args.train_rows)  # before any run, so a bad --train_rows stops at once
+    if not os.path.isfile(os.path.join(args.init_from, "ckpt.pt")):
+        raise SystemExit(f"no ckpt.pt in {args.init_from}: --init_from is a pretraining run's out_dir "
+                         "(`python train.py config/bert_transfer.py` makes out-transfer)")
     work = work_dir(out, args)
     os.makedirs(work, exist_ok=True)
     inits = {"pretrained": args.init_from}
     if not args.no_random:
         inits["random init"] = os.path.join(work, "random-init")
-        if not os.path.isfile(os.path.join(inits["random init"], "ckpt.pt")):
-            random_init(args.init_from, inits["random init"])
+        ckpt, pretrained = os.path.join(inits["random init"], "ckpt.pt"), os.path.join(args.init_from, "ckpt.pt")
+        if not os.path.isfile(ckpt) or os.stat(ckpt).st_mtime_ns < os.stat(pretrained).st_mtime_ns:
+            random_init(args.init_from, inits["random init"])  # missing, or older than a retrained checkpoint
     modes = {"both": [False, True], "probe": [True], "full": [False]}[args.mode]
     if args.lpft and False in modes:
         modes = [True, False]  # the probes first: full fine-tuning starts from them
@@ -365,12 +379,17 @@ def finetune(out, args):
                       f"test {r['test']:.3f}, {r['seconds']:.0f}s", flush=True)
                 runs.append(r)
             if probe:
-                best = max(lrs, key=lambda lr: np.mean([r["val"] for r in runs if r["lr"] == lr]))
+                best = best_lr(runs)
                 probes = {r["seed"]: r["dir"] for r in runs if r["lr"] == best}
             results += runs
-    with open(os.path.join(work, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    runtime.write_bytes(os.path.join(work, "results.json"), json.dumps(results, indent=1).encode())
     print_table(results, baselines_file(out, args.train_rows), args.init_from, f"{out}/task/test.csv")
+
+
+def best_lr(runs):
+    """The learning rate of runs (one init and mode) with the best mean val accuracy over the seeds."""
+    lrs = sorted({r["lr"] for r in runs})
+    return max(lrs, key=lambda lr: np.mean([r["val"] for r in runs if r["lr"] == lr]))
 
 
 def short(lr):
@@ -389,8 +408,7 @@ def print_table(results, baselines_path, init_from, test_csv=None):
             if not rs:
                 continue
             # every init and mode gets its own best learning rate, by mean val accuracy over the seeds
-            lrs = sorted({r["lr"] for r in rs})
-            best = max(lrs, key=lambda lr: np.mean([r["val"] for r in rs if r["lr"] == lr]))
+            lrs, best = sorted({r["lr"] for r in rs}), best_lr(rs)
             grid = f" (best on val of {', '.join(map(short, lrs))})" if len(lrs) > 1 else ""
             rs = picked[init, mode] = [r for r in rs if r["lr"] == best]
             print(f"| {init} | {mode} | {short(best)}{grid} | {cell([r['val'] for r in rs])} | {cell([r['test'] for r in rs])} | "
@@ -427,7 +445,7 @@ def main(argv=None):
     p.add_argument("command", choices=["data", "baselines", "finetune", "table"])
     p.add_argument("--out", default=os.path.join(ROOT, "data", "transfer"), help="where the data goes")
     p.add_argument("--init_from", default="out-transfer", help="finetune: the pretraining run's out_dir")
-    p.add_argument("--work", default="", help="finetune: where the runs go (default <out>/runs/<init_from's name>); a run finished there with the same settings is reused, one with other settings replaced")
+    p.add_argument("--work", default="", help="finetune: where the runs go (default <out>/runs/<init_from's name>); a run finished there with the same settings and inputs is reused, any other replaced")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--mode", choices=["both", "full", "probe"], default="both")
     p.add_argument("--no_random", action="store_true", help="skip the random-init runs")
@@ -450,8 +468,8 @@ def main(argv=None):
         baselines(args.out, args.train_rows)
     elif args.command == "finetune":
         import runtime  # torch, which the other commands do without
-        if runtime.check_dtype(args.dtype):  # before the random init is written or any run starts
-            p.error(runtime.check_dtype(args.dtype))
+        if problem := runtime.check_dtype(args.dtype):  # before the random init is written or any run starts
+            p.error(problem)
         finetune(args.out, args)
     else:
         path = os.path.join(work_dir(args.out, args), "results.json")
