@@ -359,7 +359,9 @@ class StopSignal:
     def handle(self, signum, frame):
         self.requested = True
         again = self.previous[signum]
-        if again == signal.SIG_IGN:  # started as `cmd &` from a script, which ignores SIGINT: the second acts all the same
+        # SIG_IGN: started as `cmd &` from a script, which ignores SIGINT; None: a handler set outside
+        # Python (an embedding program). Either way the second signal acts all the same
+        if again in (signal.SIG_IGN, None):
             again = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
         signal.signal(signum, again)
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next log step, then stopping "
@@ -367,7 +369,7 @@ class StopSignal:
 
     def restore(self):
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None cannot be set back
 
 
 def run(main):

@@ -113,3 +113,22 @@ def test_device_and_dtype_checks():
         assert "no CUDA GPU" in runtime.check_device("cuda:0")
     with pytest.raises(SystemExit, match="dtype must be one of"):
         runtime.autocast_and_scaler("cpu", "float8")
+
+
+def test_stop_signal_when_the_previous_handler_was_set_outside_python():
+    """signal.getsignal gives None for a handler installed from C (an embedding program), and None
+    cannot be set back: the second signal must still act, and restore must not raise."""
+    import signal
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = runtime.StopSignal()
+    try:
+        stop.previous = {s: None for s in stop.previous}
+        stop.handle(signal.SIGTERM, None)
+        assert stop.requested and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        stop.handle(signal.SIGINT, None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the second Ctrl-C raises KeyboardInterrupt
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
