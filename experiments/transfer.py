@@ -274,12 +274,11 @@ def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
            f"--learning_rate={lr}", f"--epochs={epochs}", f"--seed={seed}", f"--freeze_encoder={probe}",
            f"--pooling={args.pooling}", f"--dtype={args.dtype}", "--compile=False", "--log_interval=1000", *args.extra]
     import runtime
-    # a run is known by its command, its checkpoint's size and time and its CSVs' contents (train_file
-    # writes its subset anew each time): a retrained checkpoint or rebuilt task under the same names makes
-    # it run again. The work folder is this script's: a run is reused or replaced
-    ckpt = os.stat(os.path.join(init_from, "ckpt.pt"))
-    csvs = [train_csv, f"{out}/task/val.csv", f"{out}/task/test.csv"]
-    key = dict(cmd=cmd[1:], ckpt=[ckpt.st_size, ckpt.st_mtime_ns], csvs=[hashlib.sha256(open(f, "rb").read()).hexdigest() for f in csvs])
+    # a run is known by its command and the contents of its checkpoint and CSVs (not their times: train_file
+    # writes its subset anew each time, and a copy can keep a time): a retrained checkpoint or rebuilt task
+    # under the same names makes it run again. The work folder is this script's: a run is reused or replaced
+    files = [os.path.join(init_from, "ckpt.pt"), train_csv, f"{out}/task/val.csv", f"{out}/task/test.csv"]
+    key = dict(cmd=cmd[1:], sha256=[sha256(f) for f in files])
     done = os.path.join(out_dir, "result.json")
     try:
         with open(done) as f:
@@ -298,6 +297,14 @@ def finetune_one(init_from, out_dir, out, train_csv, seed, probe, lr, args):
              test_correct=correct.astype(int).tolist(), key=key)
     runtime.write_bytes(done, json.dumps(r).encode())
     return r
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def gap_and_se(a, b, files, n=4000, seed=0):

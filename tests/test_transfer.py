@@ -223,7 +223,10 @@ def test_lpft_starts_each_full_run_from_its_seeds_probe_and_reruns_nothing_done(
         calls.append(flags := dict(a[2:].split("=", 1) for a in cmd[2:]))
         with open(os.path.join(flags["out_dir"], "predictions.tsv"), "w") as f:
             f.write("index\tprediction\n0\tx\n1\tx\n")
-        open(os.path.join(flags["out_dir"], "ckpt.pt"), "w").close()  # what the full runs start from
+        with open(os.path.join(flags["init_from"], "ckpt.pt")) as f:
+            start = f.read()
+        with open(os.path.join(flags["out_dir"], "ckpt.pt"), "w") as f:  # what the full runs start from:
+            f.write(start + " + head")                                   # other weights in, another file out
         return "epoch 1 val accuracy 0.500\n", 1.0
     monkeypatch.setattr(transfer, "run", fake_finetune)
     (tmp_path / "pretrained").mkdir()
@@ -242,14 +245,17 @@ def test_lpft_starts_each_full_run_from_its_seeds_probe_and_reruns_nothing_done(
     assert calls == []
     transfer.main(argv + ["--epochs=3"])  # another command: those runs are run again
     assert len(calls) == 4 and all(c["epochs"] == "3" and c["overwrite"] == "True" for c in calls)
-    calls.clear()  # a retrained checkpoint under the same name: its probes again, and the runs that start from them
-    (tmp_path / "pretrained" / "ckpt.pt").write_text("retrained weights")
+    calls.clear()  # a retrained checkpoint under the same name, even of the same size and time (a copy that
+    ckpt = tmp_path / "pretrained" / "ckpt.pt"  # kept its time): its probes again, and the runs that start from them
+    t = ckpt.stat().st_mtime_ns
+    ckpt.write_text("weightz")
+    os.utime(ckpt, ns=(t, t))
     transfer.main(argv)
     assert sum(c["freeze_encoder"] == "True" for c in calls) == 2 and len(calls) == 6
-    calls.clear()  # a result cut short is run again, with the runs that start from it
+    calls.clear()  # a result cut short is run again; the runs that start from it are kept, as it wrote the same weights
     with open(os.path.join(probes["1"]["out_dir"], "result.json"), "w") as f:
         f.write('{"val": 0.')
     transfer.main(argv)
-    assert [c["seed"] for c in calls] == ["1", "1", "1"]
+    assert [c["seed"] for c in calls] == ["1"]
     with pytest.raises(SystemExit, match="no ckpt.pt in .*nowhere: --init_from is a pretraining run's out_dir"):
         transfer.main(argv[:2] + [f"--init_from={tmp_path / 'nowhere'}"] + argv[3:])
