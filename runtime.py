@@ -129,7 +129,7 @@ def autocast_and_scaler(device_type, dtype="auto"):
             dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
         else:
             dtype = "bfloat16" if device_type == "cpu" and cpu_has_bf16() else "float32"
-    elif dtype == "bfloat16" and device_type == "cpu" and not cpu_has_bf16():
+    elif dtype == "bfloat16" and device_type == "cpu" and not cpu_has_bf16() and int(os.environ.get("RANK", 0)) == 0:
         print("warning: no bf16 in this CPU's hardware was found (AVX512-BF16 or AMX, on Linux), so bfloat16 is likely "
               "emulated, which can be tens of times slower than float32: use --dtype=auto or --dtype=float32", file=sys.stderr)
     ptdtype = getattr(torch, dtype)

@@ -101,6 +101,10 @@ def test_auto_takes_bf16_only_on_a_cpu_that_has_it(tmp_path, monkeypatch, capsys
     assert "warning" not in capsys.readouterr().err
     runtime.autocast_and_scaler("cpu", "bfloat16")  # asked for on a CPU without it: done, with a warning
     assert "bfloat16 is likely emulated" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # the other processes of a torchrun job: one warning is enough
+    runtime.autocast_and_scaler("cpu", "bfloat16")
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("RANK")
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     runtime.autocast_and_scaler("cpu", "bfloat16")
     assert capsys.readouterr().err == ""
