@@ -33,6 +33,8 @@ import os
 import re
 import shutil
 import signal
+import sys
+import threading
 import time
 
 import numpy as np
@@ -42,6 +44,7 @@ from tokenizer import CLS, EOT, MASK, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
 DEFAULT_DATASET = "roneneldan/TinyStories"  # what config/bert_tiny.py trains on (data/tinystories)
 SPLITS = ("train", "val")
 OUTPUTS = [f"{s}{ext}" for s in SPLITS for ext in (".bin", "_docs.npy")] + ["meta.json"]
+CTRL_C_GRACE_S = 10  # after a Ctrl-C, the seconds datasets' pools get to wind down before they are killed
 
 
 def parse_args(argv=None):
@@ -355,17 +358,36 @@ def write_bins(tokenized, n_docs, tmp, batch_size=10_000):
     return n_tokens
 
 
-def ignore_ctrl_c_in_workers():
+def handle_ctrl_c(end_now, grace):
     """Ctrl-C reaches every process in the terminal's group: this one and the workers of datasets' pools,
     which are forked from it and inherit this handler. A worker ignores it (its pool terminates it) rather
-    than print a traceback of its own; this process stops. Returns the handler it replaces."""
-    main_pid = os.getpid()
+    than print a traceback of its own; this process raises KeyboardInterrupt, and the pools wind down.
+    They do in a second or two, but not always: about once in 30 Ctrl-Cs while the test suite ran, this
+    process waited forever in a pool's terminate(), its workers already ended. So the first Ctrl-C also
+    starts a timer, and if this process is still winding down grace seconds later, end_now() ends it.
+    Returns the handler this one replaces, and a function that stops the timer."""
+    main_pid, timer = os.getpid(), []
 
     def handle(signum, frame):
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
+        if os.getpid() != main_pid:
+            return
+        if not timer:
+            timer.append(threading.Timer(grace, end_now))
+            timer[0].daemon = True
+            timer[0].start()
+        raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGINT, handle)
+    return signal.signal(signal.SIGINT, handle), lambda: timer and timer[0].cancel()
+
+
+def clean_up(scratch, new_dirs):
+    """Remove what an unfinished run wrote: its scratch folder, and the folders it created if they are empty."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    for d in new_dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            break
 
 
 def interrupted(e):
@@ -390,7 +412,21 @@ def prepare(args):
     # everything unfinished lives in out_dir/.tmp (same file system, so os.replace is atomic)
     scratch = os.path.join(args.out_dir, ".tmp")
     tmp = {f: os.path.join(scratch, f) for f in OUTPUTS}
-    previous_handler = ignore_ctrl_c_in_workers()
+    stopped = f"interrupted; {args.out_dir} is left as it was"
+    ending = threading.Lock()  # taken once: by the renames that end a run, or by end_now
+
+    def end_now():
+        """A Ctrl-C's wind-down is stuck in a pool of datasets': end the pool's processes and this one."""
+        if not ending.acquire(blocking=False):
+            return  # the renames have begun, and end soon
+        import multiprocess  # datasets' pools are of multiprocess (multiprocessing with dill)
+        for p in multiprocess.active_children():
+            p.kill()
+        clean_up(scratch, new_dirs)
+        print(stopped, file=sys.stderr, flush=True)
+        os._exit(1)
+
+    previous_handler, stop_timer = handle_ctrl_c(end_now, CTRL_C_GRACE_S)
     try:
         GPT2Tokenizer()  # fails here, once, offline without its files; forked workers inherit tiktoken's loaded copy
         os.makedirs(scratch, exist_ok=True)
@@ -421,6 +457,7 @@ def prepare(args):
         # meta.json goes first and comes back last: a folder with meta.json holds one complete run.
         # Ctrl-C is ignored from here on, so that these few renames never stop halfway
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ending.acquire()
         if os.path.exists(os.path.join(args.out_dir, "meta.json")):
             os.remove(os.path.join(args.out_dir, "meta.json"))
         for f in OUTPUTS:
@@ -428,7 +465,7 @@ def prepare(args):
     except BaseException as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         if interrupted(e):
-            raise SystemExit(f"interrupted; {args.out_dir} is left as it was") from None
+            raise SystemExit(stopped) from None
         if isinstance(e, OSError):  # no permission, a read-only file system, a full disk
             where = f" ({e.filename})" if e.filename else ""
             hint = ": free some space, or choose another --out_dir" if e.errno == errno.ENOSPC else ""
@@ -436,13 +473,9 @@ def prepare(args):
                              ) from None
         raise
     finally:
+        stop_timer()  # the pools have wound down
         signal.signal(signal.SIGINT, previous_handler)
-        shutil.rmtree(scratch, ignore_errors=True)
-        for d in new_dirs:
-            try:
-                os.rmdir(d)  # only if the run left it empty
-            except OSError:
-                break
+        clean_up(scratch, new_dirs)
     t3, total = time.time(), n_tokens["train"] + n_tokens["val"]
     print(f"wrote {args.out_dir}: train {n_docs['train']:,} docs {n_tokens['train']:,} tokens, "
           f"val {n_docs['val']:,} docs {n_tokens['val']:,} tokens")

@@ -373,14 +373,17 @@ def test_hub_unreachable_fails_fast(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
+def ctrl_c_while_tokenizing(tmp_path, earlier_run, code="import prepare; prepare.main()"):
+    """Run prepare.py (as `code`) over 2 x 50,000 paragraphs in two tokenizer processes, press Ctrl-C once
+    they have done some of the work, and check what is left: the one message, the earlier run's files
+    untouched, no scratch file and no process. Returns the seconds from the Ctrl-C to the exit."""
     (tmp_path / "big").mkdir()
     paragraphs = "\n\n".join(f"story {i}: " + " ".join(WORDS[:12] * 3) for i in range(500)) + "\n\n"
     for f in range(2):
         (tmp_path / "big" / f"{f}.txt").write_text(paragraphs * 100)  # 2 x 50,000 paragraphs, 2 x 11 MB
-    p = subprocess.Popen([sys.executable, "prepare.py", "--files", str(tmp_path / "big" / "*.txt"),
-                          "--out_dir", str(earlier_run[0]), "--overwrite", "--num_proc", "2",
-                          "--cache_dir", str(tmp_path / "hf_cache")], cwd=ROOT, stdout=subprocess.PIPE,
+    args = ["--files", str(tmp_path / "big" / "*.txt"), "--out_dir", str(earlier_run[0]), "--overwrite",
+            "--num_proc", "2", "--cache_dir", str(tmp_path / "hf_cache")]
+    p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)  # a group, as in a terminal
     err = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1), "")))
@@ -391,7 +394,9 @@ def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
             assert time.time() - t0 < 60 and p.poll() is None, "".join(err)
             time.sleep(0.01)
         os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C does: every process in the group gets it
+        t1 = time.time()
         p.wait(timeout=60)
+        seconds = time.time() - t1
     except BaseException:
         os.killpg(p.pid, signal.SIGKILL)
         raise
@@ -407,6 +412,23 @@ def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
         time.sleep(0.05)
     else:
         raise AssertionError("a process of the interrupted run is still running")
+    return seconds
+
+
+def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
+    ctrl_c_while_tokenizing(tmp_path, earlier_run)
+
+
+def test_ctrl_c_with_a_pool_that_never_winds_down(tmp_path, earlier_run):
+    # datasets' pool, once in a while, never returned from terminate() after a Ctrl-C: here it never does
+    # (and its workers go on), and prepare.py still ends, with the same message, after its grace period
+    stuck = ("import time, multiprocess.pool, prepare\n"
+             "def tokenize(*args, tokenize=prepare.tokenize):\n"
+             "    multiprocess.pool.Pool.terminate = lambda self: time.sleep(3600)\n"
+             "    return tokenize(*args)\n"
+             "prepare.tokenize, prepare.CTRL_C_GRACE_S = tokenize, 2\n"
+             "prepare.main()")
+    assert ctrl_c_while_tokenizing(tmp_path, earlier_run, stuck) >= 2
 
 
 @pytest.mark.parametrize("where", ["afile", "afile/sub"])
