@@ -601,8 +601,12 @@ def main(argv=None):
     say(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.examples_per_step} rows ({world_size} process"
         f"{'es' if world_size > 1 else ''} x {cfg.examples_per_step // world_size}); {warmup_steps:,} warmup steps, "
         "then linear decay to 0" + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    log_file = open(os.path.join(cfg.out_dir, "log.jsonl"), "w") if master else None
+    ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    pred_path = os.path.join(cfg.out_dir, "predictions.tsv")
+    # over an earlier run (overwrite=True) this run's log is log.jsonl.new until its first checkpoint
+    # replaces the earlier one: a run that stops before that leaves the earlier run's files as they were
+    pending = os.path.exists(ckpt_path)
+    log_file = open(log_path + ".new" if pending else log_path, "w") if master else None
 
     # the loop: an evaluation after every epoch; the best epoch is saved
     step, best, history = 0, None, []
@@ -663,13 +667,18 @@ def main(argv=None):
                 "init_from": cfg.init_from, "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
                 "epoch": epoch + 1, "step": step, "config": vars(cfg),
             }, ckpt_path)
+            if pending:  # the earlier run is replaced: its log goes, and its predictions, made by another model
+                log_file.close()
+                os.replace(log_path + ".new", log_path)
+                log_file, pending = open(log_path, "a"), False
+                if os.path.exists(pred_path):
+                    os.remove(pred_path)
         t_log, steps_logged = time.time(), 0  # evaluation is not training time
     if master:
         log_file.close()
     if master and "test" in data:
         raw_model.load_state_dict(runtime.load_checkpoint(ckpt_path)["model"])  # the best epoch predicts
-        write_predictions(os.path.join(cfg.out_dir, "predictions.tsv"),
-                          predictions(predict(eval_model, data["test"], *pred_args)), names)
+        write_predictions(pred_path, predictions(predict(eval_model, data["test"], *pred_args)), names)
         say(f"wrote {len(data['test']['ids']):,} test predictions to {cfg.out_dir}/predictions.tsv")
     return {"best": best, "metric": metric_name, "history": history}
 

@@ -416,6 +416,11 @@ def test_refuses_to_replace_a_checkpoint_unless_told(tmp_path, pretrained):
     assert (out / "ckpt.pt").read_bytes() == before
     ft.main(args + ["--overwrite=True", "--seed=2"])
     assert (out / "ckpt.pt").read_bytes() != before
+    # the log is the new run's alone, and no log.jsonl.new is left
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "log.jsonl"]
+    assert runtime.load_checkpoint(out)["config"]["seed"] == 2
+    epochs = [r["epoch"] for r in runtime.read_log(out / "log.jsonl") if "val_accuracy" in r]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 1
 
 
 def test_refuses_to_overwrite_its_own_starting_point(tmp_path, pretrained):
