@@ -423,7 +423,7 @@ def prepare(args):
         for p in multiprocess.active_children():
             p.kill()
         clean_up(scratch, new_dirs)
-        print(stopped, file=sys.stderr, flush=True)
+        print(f"\n{stopped}", file=sys.stderr, flush=True)  # after the progress bar it cut short
         os._exit(1)
 
     previous_handler, stop_timer = handle_ctrl_c(end_now, CTRL_C_GRACE_S)
