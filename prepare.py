@@ -362,10 +362,11 @@ def handle_ctrl_c(end_now, grace):
     """Ctrl-C reaches every process in the terminal's group: this one and the workers of datasets' pools,
     which are forked from it and inherit this handler. A worker ignores it (its pool terminates it) rather
     than print a traceback of its own; this process raises KeyboardInterrupt, and the pools wind down.
-    They do in a second or two, but not always: about once in 30 Ctrl-Cs while the test suite ran, this
-    process waited forever in a pool's terminate(), its workers already ended. So the first Ctrl-C also
-    starts a timer, and if this process is still winding down grace seconds later, end_now() ends it.
-    Returns the handler this one replaces, and a function that stops the timer."""
+    They do in a second or two, but not always. terminate() kills the pool's workers, and one killed while
+    it writes its result holds the lock of the pool's result queue for good: the pool's task thread then
+    waits for that lock forever, and terminate() for the thread (4 of 310 Ctrl-Cs on a loaded machine).
+    So the first Ctrl-C also starts a timer, and if this process is still winding down grace seconds
+    later, end_now() ends it. Returns the handler this one replaces, and a function that stops the timer."""
     main_pid, timer = os.getpid(), []
 
     def handle(signum, frame):
