@@ -409,12 +409,16 @@ def evaluate(model, corpus, cfg, P, words, ctx, device, rank=0, world_size=1):
     return summarize(sums, "val_")
 
 
-def open_log(path, resume_step):
+def open_log(path, resume_step, ckpt_path):
     """log.jsonl for appending. A resumed run first drops the lines written after its checkpoint (it
-    does those steps again); a fresh run starts an empty log."""
+    does those steps again); a fresh run starts an empty log, as log.jsonl.new while an earlier run's
+    checkpoint is beside it (overwrite=True), so that a run that stops before its first save leaves the
+    earlier run's checkpoint and log as they were. The first save moves it over log.jsonl."""
     kept = []
     if resume_step is not None and os.path.isfile(path):
         kept = [r for r in runtime.read_log(path) if r["step"] <= resume_step]
+    elif os.path.exists(ckpt_path):
+        path += ".new"
     runtime.write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return open(path, "a")
 
@@ -486,7 +490,8 @@ def main(argv=None):
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        log_file = open_log(os.path.join(cfg.out_dir, "log.jsonl"), step if step else None)
+        log_path = os.path.join(cfg.out_dir, "log.jsonl")
+        log_file = open_log(log_path, step if step else None, ckpt_path)
         wandb = None
         if cfg.wandb_log:
             import wandb  # optional: only runs that log to wandb need it
@@ -520,6 +525,10 @@ def main(argv=None):
                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
                         best_val_loss=best_val_loss, config=vars(cfg), tokenizer=GPT2Tokenizer.name), ckpt_path)
                     say(f"saved {ckpt_path} at step {step}")
+                    if log_file.name != log_path:  # the first save over an earlier run: its log goes too
+                        log_file.close()
+                        os.replace(log_file.name, log_path)
+                        log_file = open(log_path, "a")
             if done or stopping:
                 break
             if evaluated:

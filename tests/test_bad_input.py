@@ -103,6 +103,7 @@ def test_train_refuses_a_folder_with_a_checkpoint_unless_told(data, pretrained, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert [(rec["step"], "lr" in rec) for rec in read_log(out)] == [(0, False), (1, True), (2, True), (3, True),
                                                                      (3, False)]  # a fresh log
+    assert not (out / "log.jsonl.new").exists()  # moved over the earlier run's log at the first save
     assert runtime.load_checkpoint(str(out))["step"] == 3
 
 

@@ -436,12 +436,14 @@ def test_resume_without_or_with_corrupt_checkpoint(counting, tmp_path):
 def test_nan_loss_stops_and_keeps_the_checkpoint(counting, tmp_path):
     out = tmp_path / "out"
     train.main(tiny_run(counting, out, "--max_steps=4", "--eval_interval=4"))
-    good = (out / "ckpt.pt").read_bytes()
+    good, log = (out / "ckpt.pt").read_bytes(), (out / "log.jsonl").read_bytes()
     # a huge learning rate turns the weights to NaN in one step; the run it replaces keeps its checkpoint
+    # and its log, and this run's log is beside them
     with pytest.raises(SystemExit, match="NaN"):
         train.main(tiny_run(counting, out, "--max_steps=8", "--eval_interval=2", "--overwrite=True",
                             "--learning_rate=1e30", "--warmup_steps=0"))
-    assert (out / "ckpt.pt").read_bytes() == good
+    assert (out / "ckpt.pt").read_bytes() == good and (out / "log.jsonl").read_bytes() == log
+    assert runtime.read_log(out / "log.jsonl.new")[0]["step"] == 0
 
 
 # -----------------------------------------------------------------------------
