@@ -417,7 +417,7 @@ def open_log(path, resume_step, ckpt_path):
     kept = []
     if resume_step is not None and os.path.isfile(path):
         kept = [r for r in runtime.read_log(path) if r["step"] <= resume_step]
-    elif os.path.exists(ckpt_path):
+    elif resume_step is None and os.path.exists(ckpt_path):
         path += ".new"
     runtime.write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return open(path, "a")
