@@ -603,10 +603,7 @@ def main(argv=None):
         "then linear decay to 0" + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
     ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
     pred_path = os.path.join(cfg.out_dir, "predictions.tsv")
-    # over an earlier run (overwrite=True) this run's log is log.jsonl.new until its first checkpoint
-    # replaces the earlier one: a run that stops before that leaves the earlier run's files as they were
-    pending = os.path.exists(ckpt_path)
-    log_file = open(log_path + ".new" if pending else log_path, "w") if master else None
+    log_file = runtime.open_log(log_path, os.path.exists(ckpt_path)) if master else None
 
     # the loop: an evaluation after every epoch; the best epoch is saved
     step, best, history = 0, None, []
@@ -667,12 +664,9 @@ def main(argv=None):
                 "init_from": cfg.init_from, "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
                 "epoch": epoch + 1, "step": step, "config": vars(cfg),
             }, ckpt_path)
-            if pending:  # the earlier run is replaced: its log goes, and its predictions, made by another model
-                log_file.close()
-                os.replace(log_path + ".new", log_path)
-                log_file, pending = open(log_path, "a"), False
-                if os.path.exists(pred_path):
-                    os.remove(pred_path)
+            if log_file.name != log_path and os.path.exists(pred_path):
+                os.remove(pred_path)  # the earlier run's, made by the model this save replaced
+            log_file = runtime.keep_log(log_file, log_path)
         t_log, steps_logged = time.time(), 0  # evaluation is not training time
     if master:
         log_file.close()

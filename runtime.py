@@ -269,6 +269,25 @@ def read_log(path):
     return records
 
 
+def open_log(path, over_earlier_run, records=()):
+    """A run's log.jsonl for appending, starting with records. Over an earlier run (its checkpoint beside
+    it, overwrite=True) the log is log.jsonl.new until keep_log() after this run's first save: a run that
+    stops before that leaves the earlier run's checkpoint and log as they were."""
+    if over_earlier_run:
+        path += ".new"
+    write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+    return open(path, "a")
+
+
+def keep_log(log_file, path):
+    """After a save: the log of open_log() at path, moved over the earlier run's log if it is not there yet."""
+    if log_file.name == path:
+        return log_file
+    log_file.close()
+    os.replace(log_file.name, path)
+    return open(path, "a")
+
+
 def save_checkpoint(ckpt, path):
     """Atomically, with the checksum of its tensors. ckpt["kind"] says which tool wrote it."""
     assert ckpt.get("kind") in KINDS, "a checkpoint says what wrote it"

@@ -410,17 +410,12 @@ def evaluate(model, corpus, cfg, P, words, ctx, device, rank=0, world_size=1):
 
 
 def open_log(path, resume_step, ckpt_path):
-    """log.jsonl for appending. A resumed run first drops the lines written after its checkpoint (it
-    does those steps again); a fresh run starts an empty log, as log.jsonl.new while an earlier run's
-    checkpoint is beside it (overwrite=True), so that a run that stops before its first save leaves the
-    earlier run's checkpoint and log as they were. The first save moves it over log.jsonl."""
+    """log.jsonl for appending (runtime.open_log). A resumed run first drops the lines written after its
+    checkpoint (it does those steps again); a fresh run starts an empty log."""
     kept = []
     if resume_step is not None and os.path.isfile(path):
         kept = [r for r in runtime.read_log(path) if r["step"] <= resume_step]
-    elif resume_step is None and os.path.exists(ckpt_path):
-        path += ".new"
-    runtime.write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    return open(path, "a")
+    return runtime.open_log(path, resume_step is None and os.path.exists(ckpt_path), kept)
 
 
 def write_log(log_file, wandb, record):
@@ -525,10 +520,7 @@ def main(argv=None):
                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
                         best_val_loss=best_val_loss, config=vars(cfg), tokenizer=GPT2Tokenizer.name), ckpt_path)
                     say(f"saved {ckpt_path} at step {step}")
-                    if log_file.name != log_path:  # the first save over an earlier run: its log goes too
-                        log_file.close()
-                        os.replace(log_file.name, log_path)
-                        log_file = open(log_path, "a")
+                    log_file = runtime.keep_log(log_file, log_path)
             if done or stopping:
                 break
             if evaluated:

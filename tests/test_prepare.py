@@ -420,11 +420,17 @@ def test_ctrl_c_while_tokenizing(tmp_path, earlier_run):
 
 
 def test_ctrl_c_with_a_pool_that_never_winds_down(tmp_path, earlier_run):
-    # datasets' pool, once in a while, never returned from terminate() after a Ctrl-C: here it never does
-    # (and its workers go on), and prepare.py still ends, with the same message, after its grace period
-    stuck = ("import time, multiprocess.pool, prepare\n"
+    # datasets' pool, once in a while, never returned from terminate() after a Ctrl-C: here it never does.
+    # As in the real hang, terminate() first stops the thread that replaces dead workers; the workers go
+    # on, and prepare.py still ends, with the same message and no process left, after its grace period
+    stuck = ("import time, multiprocess.pool as mp, prepare\n"
+             "def terminate(pool):\n"
+             "    pool._worker_handler._state = mp.TERMINATE\n"
+             "    pool._change_notifier.put(None)\n"
+             "    pool._worker_handler.join()\n"
+             "    time.sleep(3600)\n"
              "def tokenize(*args, tokenize=prepare.tokenize):\n"
-             "    multiprocess.pool.Pool.terminate = lambda self: time.sleep(3600)\n"
+             "    mp.Pool.terminate = terminate\n"
              "    return tokenize(*args)\n"
              "prepare.tokenize, prepare.CTRL_C_GRACE_S = tokenize, 2\n"
              "prepare.main()")
