@@ -400,7 +400,10 @@ def ctrl_c_while_tokenizing(tmp_path, earlier_run, code="import prepare; prepare
     except BaseException:
         os.killpg(p.pid, signal.SIGKILL)
         raise
-    reader.join()
+    reader.join(10)  # a process left running would hold the pipe open: fail, not hang
+    if reader.is_alive():
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("a process of the interrupted run is still running, with its stderr open")
     stdout = p.stdout.read()  # a line or two: the pipe never filled up
     assert one_message(stdout, "".join(err), p.returncode) == f"interrupted; {earlier_run[0]} is left as it was"
     assert md5s(earlier_run[0]) == earlier_run[1]  # no scratch file left, the earlier run's files untouched
