@@ -328,14 +328,16 @@ def test_freeze_encoder_trains_the_head_only(tmp_path, pretrained, monkeypatch):
     assert result["best"] > 0.9, result["history"]  # the head alone learned to read the frozen features
 
 
-def test_long_texts_are_cut_and_counted(tmp_path, pretrained, capsys):
+def test_long_texts_are_cut_and_counted_and_the_precision_is_logged(tmp_path, pretrained, capsys):
     rows = make_task("sentiment", 64, 0)
     for r in rows[:5]:
         r["text"] = r["text"] + " and" * 100  # the label word stays in front
     train_file = write_csv(tmp_path / "train.csv", rows)
-    ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={tmp_path / 'out'}", "--epochs=1",
+    ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={tmp_path / 'out'}", "--epochs=1", "--dtype=float32",
              f"--train_file={train_file}", f"--val_file={train_file}"])
-    assert "train: 64 rows, 5 cut to block_size=64" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train: 64 rows, 5 cut to block_size=64" in out
+    assert "cls pooling); torch.float32 on cpu" in out  # a reader of the log can tell bf16 runs from float32 ones
 
 
 def test_named_task_through_datasets(tmp_path, pretrained, monkeypatch):
