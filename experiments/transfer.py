@@ -6,9 +6,12 @@ per class, from our checkpoint and from a random init, fully fine-tuned and as a
 
     python experiments/transfer.py data        # corpus text + task CSVs under data/transfer/
     python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
-    python train.py config/bert_transfer.py    # -> out-transfer/: 30 min on 2 idle cores with bf16 in hardware, 2 h without
+    python train.py config/bert_transfer.py    # -> out-transfer/: 30-48 min on 2 cores with bf16 in hardware, 2 h without
+    # without bf16 in hardware, 2 x 128 for 8,000 float32 steps (68 min on 2 AVX2 cores), the run that gained the most:
+    python train.py config/bert_transfer.py --n_layer=2 --n_head=2 --n_embd=128 --init_std=0.05 --learning_rate=2e-3 \
+        --warmup_steps=100 --max_steps=8000 --eval_interval=2000 --out_dir=out-tiny-fp32-8k
     python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
-    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds, ~35 min
+    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds: 18 runs of 1.5-4 min each
     python experiments/transfer.py baselines --train_rows=50           # the same with 50 labels a class
     python experiments/transfer.py finetune --init_from=out-transfer --train_rows=50 --epochs=16 --mode=full
     python experiments/transfer.py finetune --init_from=out-transfer --lpft --mode=full --work=data/transfer/runs/lpft
