@@ -11,7 +11,7 @@ per class, from our checkpoint and from a random init, fully fine-tuned and as a
     python train.py config/bert_transfer.py --n_layer=2 --n_head=2 --n_embd=128 --init_std=0.05 --learning_rate=2e-3 \
         --warmup_steps=100 --max_steps=8000 --eval_interval=2000 --out_dir=out-tiny-fp32-8k
     python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
-    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds: 18 runs of 1.5-4 min each
+    python experiments/transfer.py finetune --init_from=out-transfer   # the table, 3 seeds: 18 runs of 1.4-4.2 min each
     python experiments/transfer.py baselines --train_rows=50           # the same with 50 labels a class
     python experiments/transfer.py finetune --init_from=out-transfer --train_rows=50 --epochs=16 --mode=full
     python experiments/transfer.py finetune --init_from=out-transfer --lpft --mode=full --work=data/transfer/runs/lpft
