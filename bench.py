@@ -132,7 +132,7 @@ def main(argv=None):
     device = runtime.pick_device(c.device)
     dev_type = device.split(":")[0]
     ctx, _ = runtime.autocast_and_scaler(dev_type, c.dtype)  # fp16 is timed without loss scaling
-    pt_dtype = getattr(ctx, "fast_dtype", torch.float32)
+    pt_dtype = runtime.precision(ctx)
     dtype = str(pt_dtype).removeprefix("torch.")
     sync = torch.cuda.synchronize if dev_type == "cuda" else (lambda: None)
     kept = runtime.speed_settings(dev_type)  # as in train.py, for both models

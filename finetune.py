@@ -562,7 +562,7 @@ def main(argv=None):
             f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
     say(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
         f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{model.pooling} pooling); {getattr(ctx, 'fast_dtype', torch.float32)} on {dev}")
+        f"{model.pooling} pooling); {runtime.precision(ctx)} on {dev}")
     model.to(dev)
     raw_model = model  # the plain module, whose state_dict is saved
     pred_args = (cfg.examples_per_step, dev, ctx, tok.pad, cfg.block_size)

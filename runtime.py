@@ -139,6 +139,11 @@ def autocast_and_scaler(device_type, dtype="auto"):
     return ctx, scaler
 
 
+def precision(ctx):
+    """The dtype that forward passes under ctx (from autocast_and_scaler) compute their matmuls in."""
+    return getattr(ctx, "fast_dtype", torch.float32)  # the float32 case is a null context
+
+
 def to_device(batch, device):
     """A dict of CPU tensors (or None) onto device; on a GPU from pinned memory, so that the copy
     overlaps the step that is running."""

@@ -476,7 +476,7 @@ def main(argv=None):
         say(f"resuming from {ckpt_path} at step {step}, with the settings it was trained with")
         del ckpt
     say(f"{raw_model.num_params() / 1e6:.2f}M parameters, {model_config.n_layer} layers x {model_config.n_embd} "
-        f"wide; up to {P} masked tokens per sequence; {getattr(ctx, 'fast_dtype', torch.float32)} on {device}")
+        f"wide; up to {P} masked tokens per sequence; {runtime.precision(ctx)} on {device}")
     # keep the plain module: checkpoints store its state_dict, never a compiled or DDP wrapper's
     model = torch.compile(raw_model) if cfg.compile else raw_model
     eval_model = model  # evaluation has no gradients to all-reduce
