@@ -6,13 +6,17 @@ Strict overrides for a script's settings, from Python config files and --key=val
 A script keeps its settings as module globals, each with a comment, and reads the run's settings
 with `cfg, given = read_settings(globals(), argv)`; `--help` prints them with their defaults and
 comments. The script then checks the values (ranges, choices) in one function and passes what is
-wrong to `require`, so that every problem is reported at once, before any work starts. A config file is plain Python that assigns some of those names; a flag is
-`--key=value`, its value read with ast.literal_eval (a bare word that is not a Python literal is
-taken as a string). Every key must already exist, and every value must have the type of its
-default (an int is fine where a float is expected), and None is only for settings whose default
-is None; anything else stops with a message that names the key.
+wrong to `require`, so that every problem is reported at once, before any work starts.
+
+A config file is plain Python that assigns some of those names; a flag is `--key=value`. Both take
+literals and arithmetic on them (`tokens_per_step = 256 * 128`), parsed with the ast module and never
+executed; a flag's bare word that is neither is a string (`--out_dir=out-tiny`). Every key must
+already exist, every value must have the type of its default (an int is fine where a float is
+expected), and None is only for settings whose default is None. Every problem is reported at once,
+each naming its key, with the closest known names for a misspelt one.
 """
 import ast
+import difflib
 import io
 import sys
 import tokenize
@@ -23,9 +27,12 @@ _SETTING_TYPES = (bool, int, float, str, list, tuple, type(None))
 
 
 def _check(key, value, defaults, where):
+    """value with the type of key's default; a ValueError that says what is wrong otherwise."""
     known = sorted(k for k, v in defaults.items() if not k.startswith("_") and isinstance(v, _SETTING_TYPES))
     if key not in known:
-        raise SystemExit(f"{where}: unknown setting '{key}'. Known settings: {', '.join(known)}")
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"known settings: {', '.join(known)}"
+        raise ValueError(f"{where}: unknown setting '{key}'; {hint} (--help lists them)")
     default = defaults[key]
     if default is None:
         return value  # a None default takes any value
@@ -34,16 +41,17 @@ def _check(key, value, defaults, where):
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return type(default)(value)
     if type(value) is not type(default):
-        raise SystemExit(f"{where}: '{key}' must be {type(default).__name__}, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(f"{where}: '{key}' must be {type(default).__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
 def _literal(text):
+    """A flag's value: a literal, or arithmetic on literals as in config files (--tokens_per_step=256*128);
+    anything else is the string itself (--dataset=openwebtext, --out_dir=out-tiny)."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # --dataset=openwebtext: a plain string
+        return _evaluate(ast.parse(text.strip(), mode="eval").body, {})
+    except (ValueError, TypeError, SyntaxError, ArithmeticError, RecursionError):
+        return text
 
 
 def _read_config_file(path):
@@ -84,7 +92,10 @@ def _evaluate(node, names):
             raise ValueError(f"'{node.id}' is not assigned earlier in this file")
         return names[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](_evaluate(node.left, names), _evaluate(node.right, names))
+        left, right = _evaluate(node.left, names), _evaluate(node.right, names)
+        if isinstance(node.op, ast.Pow) and isinstance(right, (int, float)) and abs(right) > 64:
+            raise ValueError(f"exponent {right} is too large for a setting")  # 10**10**10 would never finish
+        return _BINOPS[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_evaluate(node.operand, names)
     try:
@@ -94,27 +105,35 @@ def _evaluate(node, names):
 
 
 def configure(settings, argv=None):
-    """Apply config files and --key=value flags from argv (default sys.argv[1:]) to the dict
-    `settings` in place. Returns the names that were changed."""
+    """Apply config files and --key=value flags from argv (default sys.argv[1:]) to the dict `settings`
+    in place, or stop with every problem found. Returns {name: where its value came from}: "flag",
+    or the config file's path; the last one wins."""
     argv = sys.argv[1:] if argv is None else argv
-    changed = []
+    given, problems = {}, []
     for arg in argv:
         if arg.startswith("--"):
             key, sep, text = arg[2:].partition("=")
             if not sep:
-                raise SystemExit(f"flag {arg} needs a value: --{key}=VALUE")
+                problems.append(f"flag {arg} needs a value: --{key}=VALUE")
+                continue
             value = _literal(text)
             if isinstance(settings.get(key), str) and not isinstance(value, str) and value is not None:
                 value = text  # --wandb_run_name=2024 is the name "2024"
-            settings[key] = _check(key, value, settings, f"flag {arg}")
-            changed.append(key)
+            pairs, where = [(key, value)], f"flag {arg}"
         else:
-            for key, value in _read_config_file(arg).items():
-                if key.startswith("_"):
-                    continue  # a helper name local to the file, e.g. _tokens_per_step
-                settings[key] = _check(key, value, settings, f"config file {arg}")
-                changed.append(key)
-    return changed
+            pairs, where = _read_config_file(arg).items(), f"config file {arg}"
+        for key, value in pairs:
+            if key.startswith("_") and not arg.startswith("--"):
+                continue  # a helper name local to the file, e.g. _tokens_per_step
+            try:
+                settings[key] = _check(key, value, settings, where)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            given.pop(key, None)  # so that the order is the order of the last assignment
+            given[key] = "flag" if arg.startswith("--") else arg
+    require(problems, "command line")
+    return given
 
 
 # -----------------------------------------------------------------------------
@@ -151,7 +170,7 @@ def _settings_in_source(path):
 def read_settings(script_globals, argv=None):
     """The settings of the script whose globals() these are, overridden by argv (config files and
     --key=value flags; default sys.argv[1:]). Returns (cfg, given): a namespace of every setting, and
-    the names that argv set. `--help` prints the settings and exits."""
+    {name: "flag" or the config file} for the names that argv set. `--help` prints the settings and exits."""
     argv = sys.argv[1:] if argv is None else list(argv)
     listed = _settings_in_source(script_globals["__file__"])
     defaults = {name: script_globals[name] for name, _, _ in listed
@@ -169,7 +188,7 @@ def read_settings(script_globals, argv=None):
         sys.exit(0)
     settings = dict(defaults)
     given = configure(settings, argv)
-    return SimpleNamespace(**settings), set(given)
+    return SimpleNamespace(**settings), given
 
 
 def require(problems, what="settings"):
