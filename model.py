@@ -36,7 +36,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     bias: bool = True           # biases in Linear and LayerNorm (BERT has them)
     init_std: float = 0.02      # std of the initial weights; BERT-base's 0.02 keeps a narrow model on the
-                                # unigram plateau for thousands of steps (issue 14)
+                                # unigram plateau for thousands of steps
 
     def __post_init__(self):
         self.ffn = self.ffn or 4 * self.n_embd

@@ -17,9 +17,9 @@ block_size = 128
 batch_size = 32
 tokens_per_step = 32 * 128
 
-nsp = False                   # on short documents NSP rows are half padding and NSP stays at chance (issue 14)
+nsp = False                   # on short documents NSP rows are half padding and NSP stays at chance
 dropout = 0.0                 # no measurable effect in a short run, and ~10% of a CPU step
-init_std = 0.05               # BERT's 0.02 is for 768 wide: at 128 it learns context later (issue 14)
+init_std = 0.05               # BERT's 0.02 is for 768 wide: at 128 it learns context later
 
 learning_rate = 2e-3          # a small model takes a larger step than BERT-base's 1e-4
 max_steps = 1000              # 4M tokens; ~0.35 s a step on 2 CPU cores

@@ -1,4 +1,4 @@
-# The transfer experiment of issue 14 (experiments/transfer.py): BERT-mini's shape (4 layers x 256),
+# The transfer experiment (experiments/README.md): BERT-mini's shape (4 layers x 256),
 # MLM only, on the kernel-docs corpus, in 30-48 minutes on 2 CPU cores with bf16 in hardware (an EPYC's, an Intel Xeon's).
 #   python experiments/transfer.py data
 #   python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins

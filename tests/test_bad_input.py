@@ -1,4 +1,4 @@
-"""Bad input, end to end (issue 11): each case runs the real script in a subprocess and must end with one
+"""Bad input, end to end: each case runs the real script in a subprocess and must end with one
 clear message that says what to do, no traceback, and every file already in the out and data folders
 byte for byte as it was."""
 import hashlib

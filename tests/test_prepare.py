@@ -307,7 +307,7 @@ def test_hub_unreachable_is_one_message(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the command line, bad input
-# One message on stderr, no traceback, and the files of an earlier run left as they were (issue 11)
+# One message on stderr, no traceback, and the files of an earlier run left as they were
 
 def closed_port():
     with socket.socket() as s:
