@@ -140,8 +140,12 @@ def check_settings(cfg, world_size=1):
 
 
 def resumed_settings(cfg, given, ckpt, path, say=print):
-    """The settings a checkpoint was trained with, and from the command line (`given`) only what
-    MAY_CHANGE_ON_RESUME, which it says. A flag that contradicts the checkpoint stops the run and says which."""
+    """The settings a checkpoint was trained with, and from the command line (`given`, from read_settings)
+    only what MAY_CHANGE_ON_RESUME, which it says. A flag that contradicts the checkpoint stops the run and
+    says which. A config file may change only how the run runs: the one it was started with is usually
+    on the resume command line too, and its data_dir must not move the run onto another corpus."""
+    from_files = {k for k, source in given.items() if source != "flag"}
+    given = (set(given) - from_files) | (from_files & MAY_CHANGE_ON_RESUME - {"data_dir"})
     saved = ckpt["config"]
     clash = [k for k in sorted(given) if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != getattr(cfg, k)]
     if clash:
@@ -210,7 +214,7 @@ class Corpus:
         self.cum_pair = np.cumsum(np.where(self.length >= 2, self.length, 0))  # A + B of one document
 
     def tokens(self):
-        # a fresh memmap each batch: a long-lived one keeps every page it touched (nanoGPT #500 ff.)
+        # a fresh memmap each batch: a long-lived one keeps every page it touched, and the process's memory grows
         return np.memmap(self.path, dtype=np.uint16, mode="r")
 
     def sample_docs(self, rng, n, cum):
