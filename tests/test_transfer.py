@@ -1,6 +1,7 @@
-"""Pretraining has to transfer (issue 14): at toy scale, through train.py's and finetune.py's real code.
+"""Pretraining has to transfer: at toy scale, through train.py's and finetune.py's real code; and
+experiments/transfer.py, the experiment at full scale, reports what it measured and nothing picked on test.
 
-The corpus has topics: every document draws its words from one of 4 disjoint word lists. The task
+The toy corpus has topics: every document draws its words from one of 4 disjoint word lists. The task
 is the topic, and its labelled training rows use only the first half of each list, its validation
 rows only the second half. A linear probe of a random encoder cannot get past chance on val: those
 words' embeddings are random and unrelated to the ones the probe was trained on. An encoder that
@@ -10,6 +11,8 @@ words the labels never showed it. Broken masking or a broken MLM loss leaves it 
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +22,12 @@ import finetune
 import runtime
 import train
 from model import BertConfig, BertForPreTraining
-from tokenizer import CLS, EOT, MASK, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))  # a folder of scripts, not a package
+import transfer  # noqa: E402
+import transfer_data  # noqa: E402
 
 TOPICS, WORDS, DOC_WORDS = 4, 16, (12, 24)
 PRETRAIN = ["--device=cpu", "--compile=False", "--nsp=False", "--n_layer=1", "--n_head=2", "--n_embd=32",
@@ -101,21 +109,11 @@ def pretrain_and_probe(root, files, name, *flags):
     return probe(out, root / f"{name}-probe", files)
 
 
-def random_init(pretrained, out):
-    """The weights that pretraining started from: train.py's init, with its config and seed."""
-    ckpt = runtime.load_checkpoint(pretrained)
-    out.mkdir()
-    torch.manual_seed(ckpt["config"]["seed"])
-    model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
-    runtime.save_checkpoint(dict(kind="pretraining", model=model.state_dict(), model_config=ckpt["model_config"],
-                                 config=ckpt["config"], tokenizer="gpt2"), str(out / "ckpt.pt"))
-    return out
-
-
 def test_pretraining_transfers_to_words_the_labels_never_showed(toy):
     root, files = toy
     pretrained_acc = pretrain_and_probe(root, files, "pretrained")
-    random_acc = probe(random_init(root / "pretrained", root / "random"), root / "random-probe", files)
+    random_init = transfer.random_init(str(root / "pretrained"), str(root / "random"))  # the experiment's own
+    random_acc = probe(random_init, root / "random-probe", files)
     assert random_acc < 0.45, random_acc              # 4 classes: chance is 0.25
     assert pretrained_acc > random_acc + 0.3, (pretrained_acc, random_acc)
 
@@ -135,42 +133,46 @@ def test_broken_masking_does_not_transfer(toy, monkeypatch):
     assert pretrain_and_probe(root, files, "broken") < 0.45
 
 
-def load_transfer():
-    """experiments/transfer.py as a module (it is a script in a folder, not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("transfer", os.path.join(os.path.dirname(__file__), "..", "experiments", "transfer.py"))
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
-    return transfer
+# -----------------------------------------------------------------------------
+# experiments/transfer.py, without its Debian corpus or a real pretraining run
+
+def write_toy_task(out, labels=("x", "x", "y", "y"), files=("f1", "f1", "f2", "f2")):
+    task = out / "task"
+    task.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        with open(task / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("text", "label", "file")] + [(f"row {i}", l, n) for i, (l, n) in enumerate(zip(labels, files))])
 
 
 def test_experiment_picks_each_inits_learning_rate_on_val(tmp_path, capsys):
-    """experiments/transfer.py reports, for each init and mode, the learning rate with the best mean val
-    accuracy over seeds, and the test accuracy of those runs: never a rate picked on test."""
-    transfer = load_transfer()
+    """For each init and mode, the learning rate with the best mean val accuracy over seeds, and the test
+    accuracy of those runs: never a rate picked on test. The gap on test is between those runs too."""
     runs = [  # (init, lr, seed, val, test): pretrained is best on val at 3e-4, random init at 1e-3; test says the opposite
         ("pretrained", 3e-4, 1, 0.60, 0.50), ("pretrained", 3e-4, 2, 0.62, 0.52),
         ("pretrained", 1e-3, 1, 0.55, 0.70), ("pretrained", 1e-3, 2, 0.55, 0.70),
         ("random init", 3e-4, 1, 0.40, 0.90), ("random init", 3e-4, 2, 0.40, 0.90),
         ("random init", 1e-3, 1, 0.45, 0.30), ("random init", 1e-3, 2, 0.47, 0.34)]
     results = [dict(init=i, mode="full fine-tuning", lr=lr, seed=s, val=v, test=t) for i, lr, s, v, t in runs]
-    for r in results:  # the gap on test is between the runs picked on val too
+    for r in results:
         picked = (r["init"], r["lr"]) in (("pretrained", 3e-4), ("random init", 1e-3))
         r["test_correct"] = ([1, 1, 1, 1] if r["init"] == "pretrained" else [0, 0, 1, 1]) if picked else [0, 1, 0, 0]
-    (tmp_path / "test.csv").write_text("text,label,file\na,x,f1\nb,x,f1\nc,y,f2\nd,y,f2\n")
-    transfer.print_table(results, str(tmp_path / "baselines.json"), str(tmp_path), str(tmp_path / "test.csv"))
+    picked = transfer.picked_runs(results)
+    assert {k: {r["lr"] for r in rs} for k, rs in picked.items()} == {
+        ("pretrained", "full fine-tuning"): {3e-4}, ("random init", "full fine-tuning"): {1e-3}}
+    assert np.mean([r["test"] for r in picked["random init", "full fine-tuning"]]) == pytest.approx(0.32)
+    gap, se = transfer.pretrained_gaps(picked, ["f1", "f1", "f2", "f2"])["full fine-tuning"]
+    assert gap == 0.5 and se > 0
+
+    write_toy_task(tmp_path)  # and the table says so
+    transfer.print_table(results, str(tmp_path / "baselines.json"), str(tmp_path), str(tmp_path / "task" / "test.csv"))
     out = capsys.readouterr().out
-    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("|") and "fine-tuning" in line}
-    assert rows["pretrained"].startswith("| pretrained | full fine-tuning | 3e-4 (best on val of 3e-4, 1e-3) | 0.610 ± 0.010 | 0.510 ± 0.010 |")
-    assert rows["random init"].startswith("| random init | full fine-tuning | 1e-3 (best on val of 3e-4, 1e-3) | 0.460 ± 0.010 | 0.320 ± 0.020 |")
-    assert "full fine-tuning, pretrained - random init on test: +0.500 ± " in out
-    assert "over the 2 test files" in out
+    assert "0.510" in out and "0.320" in out and "+0.500" in out
+    assert "0.700" not in out and "0.900" not in out
 
 
 def test_gap_standard_error_resamples_files_not_rows():
     """Paragraphs of one file are alike: when whole files are right or wrong together, the gap between
     two models is far less certain than as many independent rows would make it."""
-    transfer = load_transfer()
     rng = np.random.default_rng(0)
     files = np.repeat(np.arange(40), 25)  # 40 files of 25 rows
     a = np.repeat(rng.random(40) < 0.6, 25).astype(float)  # right or wrong file by file
@@ -183,51 +185,99 @@ def test_gap_standard_error_resamples_files_not_rows():
     assert transfer.gap_and_se(a, a, files) == (0.0, 0.0)
 
 
+def test_unigram_baseline_counts_text_tokens_only(tmp_path):
+    """EOT separates documents and is never masked: the baseline guesses among text tokens."""
+    np.array([EOT, 5, 5, 7, EOT, EOT, EOT], np.uint16).tofile(tmp_path / "val.bin")
+    np.array([5, 7, 7, 7, EOT, N_TEXT - 1], np.uint16).tofile(tmp_path / "train.bin")
+    u = transfer.unigram_mlm(str(tmp_path / "train.bin"), str(tmp_path / "val.bin"))
+    assert u["token"] == 5 and u["acc"] == pytest.approx(2 / 3)
+    freq = np.full(N_TEXT, 0.5)
+    freq[[5, 7, N_TEXT - 1]] += [1, 3, 1]
+    assert u["loss"] == pytest.approx(-np.mean(np.log(freq[[5, 5, 7]] / freq.sum())))
+
+
 def test_each_command_without_its_inputs_says_what_to_run(tmp_path, monkeypatch, capsys):
-    transfer = load_transfer()
-    monkeypatch.setattr(transfer, "KERNEL_DOCS", str(tmp_path / "no-docs"))
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # a machine without scikit-learn: import sklearn fails
+    out = tmp_path / "data"
+    monkeypatch.setattr(transfer_data, "KERNEL_DOCS", str(tmp_path / "no-docs"))
     with pytest.raises(SystemExit, match="apt-get install linux-doc-6.1"):
-        transfer.main(["data", f"--out={tmp_path / 'data'}"])
-    assert not (tmp_path / "data").exists()
-    task = tmp_path / "data" / "task"
-    task.mkdir(parents=True)
-    for split in ("train", "val", "test"):
-        (task / f"{split}.csv").write_text("text,label,file\na b,x,f1\nc d,y,f2\n")
+        transfer.main(["data", f"--out={out}"])
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="make the task first with `python experiments/transfer.py data"):
+        transfer.main(["baselines", f"--out={out}"])
+    write_toy_task(out)
     with pytest.raises(SystemExit, match="make them first with `python prepare.py"):
-        transfer.main(["baselines", f"--out={tmp_path / 'data'}"])
+        transfer.main(["baselines", f"--out={out}"])
+    (out / "bins").mkdir()
+    for split in ("train", "val"):
+        np.array([1, 2, EOT], np.uint16).tofile(out / "bins" / f"{split}.bin")
+    with pytest.raises(SystemExit, match="pip install scikit-learn"):
+        transfer.main(["baselines", f"--out={out}"])
     with pytest.raises(SystemExit, match="results.json .*`transfer.py finetune`"):
-        transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
+        transfer.main(["table", f"--out={out}", f"--init_from={tmp_path / 'run'}"])
     for bad in ("--dtype=fp32", "--pooling=max"):  # stopped before the random init is written
         with pytest.raises(SystemExit):
-            transfer.main(["finetune", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}", bad])
+            transfer.main(["finetune", f"--out={out}", f"--init_from={tmp_path / 'run'}", bad])
     assert "dtype must be one of auto, float32" in capsys.readouterr().err
-    assert not (tmp_path / "data" / "runs").exists()
-    (tmp_path / "data" / "runs" / "run").mkdir(parents=True)
-    (tmp_path / "data" / "runs" / "run" / "results.json").write_text('[{"init": "pretr')  # cut short
+    assert not (out / "runs").exists()
+    (out / "runs" / "run").mkdir(parents=True)
+    (out / "runs" / "run" / "results.json").write_text('[{"init": "pretr')  # cut short
     with pytest.raises(SystemExit, match="cannot read .*results.json"):
-        transfer.main(["table", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'run'}"])
+        transfer.main(["table", f"--out={out}", f"--init_from={tmp_path / 'run'}"])
+
+
+def test_baselines_without_scikit_learn_on_the_command_line(tmp_path):
+    """The one case run as a command: one line that says what to install, no traceback."""
+    write_toy_task(tmp_path / "data")
+    (tmp_path / "data" / "bins").mkdir()
+    for split in ("train", "val"):
+        np.array([1, 2, EOT], np.uint16).tofile(tmp_path / "data" / "bins" / f"{split}.bin")
+    (tmp_path / "no-sklearn" / "sklearn").mkdir(parents=True)  # whether or not it is installed here
+    (tmp_path / "no-sklearn" / "sklearn" / "__init__.py").write_text("raise ImportError('no scikit-learn')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "no-sklearn"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "transfer.py"), "baselines",
+                        f"--out={tmp_path / 'data'}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "pip install scikit-learn" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_finetune_reads_what_a_real_finetune_run_writes(tmp_path):
+    """transfer.py and finetune.py agree on flags, log.jsonl and predictions.tsv: one real run, 2 epochs."""
+    write_toy_task(tmp_path / "data", labels=["x", "y"] * 8, files=["f1"] * 8 + ["f2"] * 8)
+    torch.manual_seed(0)
+    config = BertConfig(max_positions=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    (tmp_path / "tiny").mkdir()
+    runtime.save_checkpoint(dict(kind="pretraining", model=BertForPreTraining(config).state_dict(), model_config=vars(config),
+                                 step=0, config=dict(seed=1), tokenizer="gpt2"), str(tmp_path / "tiny" / "ckpt.pt"))
+    transfer.main(["finetune", f"--out={tmp_path / 'data'}", f"--init_from={tmp_path / 'tiny'}", "--no_random", "--mode=full",
+                   "--seeds", "1", "--lr", "1e-3", "--epochs=2", "--dtype=float32",
+                   "--extra=--examples_per_step=8", "--extra=--block_size=16"])
+    with open(tmp_path / "data" / "runs" / "tiny" / "results.json") as f:
+        [r] = json.load(f)
+    assert len(r["curve"]) == 2 and r["val"] == max(r["curve"]) and len(r["test_correct"]) == 16
+    assert r["test"] == np.mean(r["test_correct"])
 
 
 def test_lpft_starts_each_full_run_from_its_seeds_probe_and_reruns_nothing_done(tmp_path, monkeypatch):
     """--lpft: full fine-tuning of seed s starts from seed s's linear probe (its trained head), so the
     probes run first. A run whose folder holds the result of the same command is not run again; one
-    that ran with other settings is replaced."""
-    transfer = load_transfer()
-    task = tmp_path / "data" / "task"
-    task.mkdir(parents=True)
-    for split in ("train", "val", "test"):
-        (task / f"{split}.csv").write_text("text,label,file\na b,x,f1\nc d,y,f2\n")
+    that ran with other settings is replaced. A run's numbers come from its log.jsonl and predictions.tsv."""
+    write_toy_task(tmp_path / "data")
     calls = []
 
     def fake_finetune(cmd, log_path):
         calls.append(flags := dict(a[2:].split("=", 1) for a in cmd[2:]))
+        with open(os.path.join(flags["out_dir"], "log.jsonl"), "w") as f:
+            for record in ({"step": 1, "epoch": 1, "loss": 2.0}, {"step": 1, "epoch": 1, "val_accuracy": 0.75},
+                           {"step": 2, "epoch": 2, "val_accuracy": 0.5, "val_f1": 0.4}):
+                f.write(json.dumps(record) + "\n")
         with open(os.path.join(flags["out_dir"], "predictions.tsv"), "w") as f:
-            f.write("index\tprediction\n0\tx\n1\tx\n")
+            f.write("index\tprediction\n0\tx\n1\tx\n2\tx\n3\ty\n")
         with open(os.path.join(flags["init_from"], "ckpt.pt")) as f:
             start = f.read()
         with open(os.path.join(flags["out_dir"], "ckpt.pt"), "w") as f:  # what the full runs start from:
             f.write(start + " + head")                                   # other weights in, another file out
-        return "epoch 1 val accuracy 0.500\n", 1.0
+        return 1.0
     monkeypatch.setattr(transfer, "run", fake_finetune)
     (tmp_path / "pretrained").mkdir()
     (tmp_path / "pretrained" / "ckpt.pt").write_text("weights")
@@ -240,6 +290,11 @@ def test_lpft_starts_each_full_run_from_its_seeds_probe_and_reruns_nothing_done(
     assert calls.index(probes["2"]) < calls.index(full[0])
     assert all(probes[c["seed"]]["init_from"] == str(tmp_path / "pretrained") for c in full)
     assert all(c["init_from"] == probes[c["seed"]]["out_dir"] for c in full)
+    with open(tmp_path / "data" / "runs" / "pretrained" / "results.json") as f:
+        r = json.load(f)[0]
+    assert (r["val"], r["last_val"], r["curve"]) == (0.75, 0.5, [0.75, 0.5])
+    assert r["test_correct"] == [1, 1, 0, 1] and r["test"] == 0.75
+
     calls.clear()
     transfer.main(argv)
     assert calls == []
