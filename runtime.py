@@ -71,6 +71,41 @@ def pick_device(device="auto", local_rank=0):
     return device
 
 
+def setup(device="auto", dtype="auto", local_rank=0):
+    """This process's device, its type, the autocast context and the GradScaler, with the speed settings
+    made: what every script that trains or evaluates starts with."""
+    device = pick_device(device, local_rank)
+    device_type = device.split(":")[0]
+    ctx, scaler = autocast_and_scaler(device_type, dtype)
+    speed_settings(device_type)
+    return device, device_type, ctx, scaler
+
+
+def wrap(model, compile, ddp, device_type, local_rank=0):
+    """(the model to train, the model to evaluate) around the plain module, which is what checkpoints
+    save. compile=None compiles where it pays: on CUDA. On a CPU a short run spends more time compiling
+    than it saves (one fine-tuning epoch: 128 s compiled against 10 s eager, on 2 cores). Evaluation
+    has no gradients to all-reduce, so it skips the DDP wrapper."""
+    if compile is None:
+        compile = device_type == "cuda"
+    model = torch.compile(model) if compile else model
+    eval_model = model
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    return model, eval_model
+
+
+def any_process(flags, device, ddp):
+    """Each flag, true if it is true on any process: so that all processes stop together and none is
+    left waiting in an all-reduce. One host-device sync."""
+    t = torch.tensor([float(f) for f in flags], device=device)
+    if ddp:
+        import torch.distributed as dist
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]
+
+
 def keep_freed_memory():
     """On a CPU under Linux, make malloc keep big freed buffers for reuse. glibc gives every block over
     its mmap threshold (128 KiB, rising to 32 MiB at most) a mapping of its own and unmaps it when it is
@@ -284,6 +319,13 @@ def open_log(path, over_earlier_run, records=()):
     return open(path, "a")
 
 
+def write_log(log_file, record, wandb=None):
+    log_file.write(json.dumps(record) + "\n")
+    log_file.flush()
+    if wandb:
+        wandb.log(record, step=record["step"])
+
+
 def keep_log(log_file, path):
     """After a save: the log of open_log() at path, moved over the earlier run's log if it is not there yet."""
     if log_file.name == path:
@@ -374,14 +416,16 @@ def check_writable(folder):
 
 class StopSignal:
     """SIGTERM (a preempted job) or SIGINT (Ctrl-C) asks a run to save and stop at the next check;
-    a second signal acts at once."""
+    a second signal acts at once. A run that stopped this way exits with the shell's code for the
+    signal (exit_code: 130 for SIGINT, 143 for SIGTERM), so `train.py && finetune.py` does not go on
+    from a run that did not finish, and a scheduler can tell a stopped run from a finished one."""
 
     def __init__(self):
-        self.requested = False
+        self.requested, self.exit_code = False, 0
         self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def handle(self, signum, frame):
-        self.requested = True
+        self.requested, self.exit_code = True, 128 + signum
         again = self.previous[signum]
         # SIG_IGN: started as `cmd &` from a script, which ignores SIGINT; None: a handler set outside
         # Python (an embedding program). Either way the second signal acts all the same
@@ -401,4 +445,5 @@ def run(main):
     try:
         main()
     except KeyboardInterrupt:
-        sys.exit("interrupted")  # exit status 1; files are written atomically, so nothing is half-written
+        print("interrupted", file=sys.stderr)  # files are written atomically, so nothing is half-written
+        sys.exit(128 + signal.SIGINT)  # the shell's code for a Ctrl-C

@@ -75,8 +75,8 @@ decay = "linear"             # 'linear' (BERT) or 'cosine'
 min_lr = 0.0
 # system
 device = "auto"              # auto, cpu, cuda, mps
-dtype = "auto"               # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), float32, bfloat16, float16
-compile = True               # torch.compile the model
+dtype = "auto"               # auto: bf16 where the GPU or CPU has it in hardware, else fp16 on a GPU, fp32 on a CPU; or float32, bfloat16, float16
+compile = None               # torch.compile the model; None: where it pays, on CUDA (on a CPU a short run compiles longer than it saves)
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -127,6 +127,8 @@ def check_settings(cfg, world_size=1):
         p.append(f"decay must be one of {', '.join(runtime.DECAYS)}, got {cfg.decay!r}")
     p.append(runtime.check_dtype(cfg.dtype))
     p.append(runtime.check_device(cfg.device))
+    if not (cfg.compile is None or isinstance(cfg.compile, bool)):
+        p.append(f"compile must be True, False or None (where it pays: on CUDA), got {cfg.compile!r}")
     per_micro_step = cfg.batch_size * cfg.block_size * world_size
     if per_micro_step > 0 and cfg.tokens_per_step % per_micro_step:
         p.append(f"tokens_per_step={cfg.tokens_per_step} is not a multiple of batch_size * block_size * processes = "
@@ -422,13 +424,6 @@ def open_log(path, resume_step, ckpt_path):
     return runtime.open_log(path, resume_step is None and os.path.exists(ckpt_path), kept)
 
 
-def write_log(log_file, wandb, record):
-    log_file.write(json.dumps(record) + "\n")
-    log_file.flush()
-    if wandb:
-        wandb.log(record, step=record["step"])
-
-
 def main(argv=None):
     """Pretrain with the settings above, overridden by argv (config files, --key=value). Returns the
     trained BertForPreTraining (the plain module)."""
@@ -444,15 +439,14 @@ def main(argv=None):
         ckpt = runtime.load_checkpoint(ckpt_path, kinds=("pretraining",))
         cfg = resumed_settings(cfg, given, ckpt, ckpt_path, say)
     require(check_settings(cfg, world_size))
-    if cfg.init_from == "scratch" and not cfg.overwrite:
-        runtime.refuse_overwrite(ckpt_path, "a checkpoint", "continue it with --init_from=resume, ")
+    if cfg.init_from == "scratch" and not cfg.overwrite and os.path.exists(ckpt_path):
+        ours = runtime.load_checkpoint(ckpt_path)["kind"] == "pretraining"
+        runtime.refuse_overwrite(ckpt_path, "a pretraining checkpoint" if ours else "a fine-tuned checkpoint",
+                                 "continue it with --init_from=resume, " if ours else "")
     grad_accum = cfg.tokens_per_step // (cfg.batch_size * cfg.block_size * world_size)
     say(f"tokens per step: {cfg.tokens_per_step:,} = batch_size {cfg.batch_size} x block_size {cfg.block_size} "
         f"x grad_accum {grad_accum} x world_size {world_size}")
-    device = runtime.pick_device(cfg.device, local_rank)
-    device_type = device.split(":")[0]
-    ctx, scaler = runtime.autocast_and_scaler(device_type, cfg.dtype)
-    runtime.speed_settings(device_type)
+    device, device_type, ctx, scaler = runtime.setup(cfg.device, cfg.dtype, local_rank)
 
     # data
     check_data(cfg.data_dir)
@@ -481,12 +475,7 @@ def main(argv=None):
         del ckpt
     say(f"{raw_model.num_params() / 1e6:.2f}M parameters, {model_config.n_layer} layers x {model_config.n_embd} "
         f"wide; up to {P} masked tokens per sequence; {runtime.precision(ctx)} on {device}")
-    # keep the plain module: checkpoints store its state_dict, never a compiled or DDP wrapper's
-    model = torch.compile(raw_model) if cfg.compile else raw_model
-    eval_model = model  # evaluation has no gradients to all-reduce
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    model, eval_model = runtime.wrap(raw_model, cfg.compile, ddp, device_type, local_rank)
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         log_path = os.path.join(cfg.out_dir, "log.jsonl")
@@ -499,23 +488,28 @@ def main(argv=None):
     # the loop: evaluate (and save) every eval_interval steps, log every log_interval steps
     start_step = step
     stop_at = min(cfg.max_steps, start_step + cfg.run_steps) if cfg.run_steps else cfg.max_steps
+    if start_step >= stop_at:
+        say(f"{ckpt_path} is at step {step}, the end of this run (max_steps={cfg.max_steps}): nothing to do. "
+            f"To train on, resume with a larger --max_steps")
+        if master:
+            log_file.close()
+        return raw_model
     stop, stopping = runtime.StopSignal(), False
     try:
         b = train_batch(train_data, cfg, "train", step, rank, P, words, device)
         t_log, steps_logged = time.time(), 0
         while True:
-            done = step >= stop_at
-            # a resumed run does not evaluate its first step again: the run it continues did, before saving
-            evaluated = (step % cfg.eval_interval == 0 or done) and not (start_step > 0 and step == start_step)
-            if evaluated:
+            # every eval_interval steps and at the end: evaluate, then save; on a signal: save, then stop
+            at_eval = step % cfg.eval_interval == 0 or step >= stop_at
+            if at_eval and not step == start_step > 0:  # the run a resumed one continues evaluated this step
                 m = evaluate(eval_model, val_data, cfg, P, words, ctx, device, rank, world_size)
                 if not math.isfinite(m["val_loss"]):
                     raise runtime.diverged(f"validation loss is {m['val_loss']} at step {step}", ckpt_path)
                 best_val_loss = min(best_val_loss, m["val_loss"])
                 say(f"eval step {step}: {format_metrics(m, 'val_')}")
                 if master:
-                    write_log(log_file, wandb, {"step": step, "tokens": step * cfg.tokens_per_step, **m})
-            if step > start_step and (evaluated or stopping):
+                    runtime.write_log(log_file, {"step": step, "tokens": step * cfg.tokens_per_step, **m}, wandb)
+            if step > start_step and (at_eval or stopping):
                 if not runtime.all_finite(raw_model):  # the same weights on every process: all of them stop
                     raise runtime.diverged(f"the weights hold NaN/inf at step {step}", ckpt_path)
                 if master:
@@ -525,9 +519,9 @@ def main(argv=None):
                         best_val_loss=best_val_loss, config=vars(cfg), tokenizer=GPT2Tokenizer.name), ckpt_path)
                     say(f"saved {ckpt_path} at step {step}")
                     log_file = runtime.keep_log(log_file, log_path)
-            if done or stopping:
+            if step >= stop_at or stopping:
                 break
-            if evaluated:
+            if at_eval:
                 t_log, steps_logged = time.time(), 0  # leave evaluation out of the step timing
 
             lr = runtime.get_lr(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
@@ -552,12 +546,9 @@ def main(argv=None):
                 # with compile=True the only host-device sync outside evaluation (an eager model also syncs
                 # once per forward to check its token ids); all processes agree on NaN and on stopping
                 m = summarize(batch_metrics(mlm_logits, nsp_logits, last_batch, P))
-                flags = torch.tensor([stop.requested, not math.isfinite(loss.item())], dtype=torch.float32, device=device)
-                if ddp:
-                    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-                if flags[1]:
+                stopping, bad = runtime.any_process([stop.requested, not math.isfinite(m["loss"])], device, ddp)
+                if bad:
                     raise runtime.diverged(f"loss is NaN/inf at step {step}", ckpt_path)
-                stopping = bool(flags[0])
                 dt = (time.time() - t_log) / steps_logged
                 tokens_per_sec = cfg.tokens_per_step / dt
                 mfu = raw_model.estimate_mfu(tokens_per_sec / world_size, cfg.block_size, device_type,
@@ -565,15 +556,19 @@ def main(argv=None):
                 say(f"step {step} | {format_metrics(m)} | lr {lr:.2e} | {dt * 1000:.0f} ms/step | "
                     f"{tokens_per_sec:,.0f} tok/s | mfu {'n/a' if mfu is None else f'{mfu:.1%}'}", flush=True)
                 if master:
-                    write_log(log_file, wandb, {"step": step, "tokens": step * cfg.tokens_per_step, **m, "lr": lr,
-                                                "ms_per_step": dt * 1000, "tokens_per_sec": tokens_per_sec, "mfu": mfu})
+                    runtime.write_log(log_file, {"step": step, "tokens": step * cfg.tokens_per_step, **m, "lr": lr,
+                                                 "ms_per_step": dt * 1000, "tokens_per_sec": tokens_per_sec, "mfu": mfu},
+                                      wandb)
                 t_log, steps_logged = time.time(), 0
-        if stopping:
-            say(f"stopped at step {step} on a signal; continue with --init_from=resume")
     finally:
         stop.restore()
         if master:
             log_file.close()
+    if stopping:  # not finished: a non-zero exit, so that `train.py && finetune.py` stops here
+        say(f"stopped at step {step} of {stop_at} on a signal; {ckpt_path} is saved. Continue with the same "
+            "command and --init_from=resume")
+        raise SystemExit(stop.exit_code)
+    say(f"done: step {step}{' = max_steps' if step == cfg.max_steps else ''}, {ckpt_path} saved")
     return raw_model
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -387,7 +388,9 @@ def test_signal_saves_and_stops(counting, tmp_path):
             time.sleep(0.02)
 
     threading.Thread(target=interrupt_after_first_step, daemon=True).start()
-    train.main(tiny_run(counting, out, "--max_steps=100000", "--eval_interval=100000"))
+    with pytest.raises(SystemExit) as e:  # saved, but not finished: the shell's code for SIGTERM
+        train.main(tiny_run(counting, out, "--max_steps=100000", "--eval_interval=100000"))
+    assert e.value.code == 143
     step = runtime.load_checkpoint(str(out))["step"]
     assert 1 <= step < 1000
     assert "SIGTERM" not in str(__import__("signal").getsignal(__import__("signal").SIGTERM))  # handler restored
@@ -497,3 +500,26 @@ def test_resume_may_move_to_longer_sequences_and_says_so(counting, tmp_path, cap
     assert ckpt["step"] == 6 and ckpt["config"]["block_size"] == 64
     with pytest.raises(SystemExit, match="trained with learning_rate=0.003"):
         train.main(tiny_run(counting, out, "--max_steps=8", "--init_from=resume", "--learning_rate=1e-3"))
+
+
+def test_resume_takes_its_data_from_the_checkpoint_not_the_config_file(counting, tmp_path, capsys):
+    """The command that started a run, with --init_from=resume, continues it, even when the run was
+    pointed at its data with a flag and the config file names another corpus."""
+    out = tmp_path / "out"
+    config = tmp_path / "cfg.py"
+    config.write_text(f"data_dir = {str(tmp_path / 'another-corpus')!r}\nlearning_rate = 1e-2\n")
+    flags = [f for f in tiny_run(counting, out, "--max_steps=4", "--eval_interval=2") if not f.startswith("--learning")]
+    train.main([str(config), *flags, "--run_steps=2"])  # the flag's data_dir wins over the config's
+    flags = [f for f in flags if not f.startswith("--data_dir")]
+    config.write_text(f"data_dir = {str(tmp_path / 'another-corpus')!r}\nlearning_rate = 5e-3\n")
+    train.main([str(config), *flags, "--init_from=resume"])  # neither the config's data_dir nor its new recipe
+    ckpt = runtime.load_checkpoint(str(out))
+    assert ckpt["step"] == 4 and ckpt["config"]["data_dir"] == str(counting) and ckpt["config"]["learning_rate"] == 1e-2
+    # a flag may move it (the data moved), and the run says so
+    moved = shutil.copytree(counting, tmp_path / "moved")
+    train.main([*flags, f"--data_dir={moved}", "--max_steps=5", "--init_from=resume"])
+    assert f"data_dir={str(moved)!r} (was {str(counting)!r})" in capsys.readouterr().out
+    # a run that reached its end says so, and changes nothing
+    before = (out / "ckpt.pt").read_bytes()
+    train.main([*flags, f"--data_dir={moved}", "--max_steps=5", "--init_from=resume"])
+    assert "nothing to do" in capsys.readouterr().out and (out / "ckpt.pt").read_bytes() == before
