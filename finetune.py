@@ -15,6 +15,7 @@ computed on the validation split, and the best model so far is kept in out_dir/c
 holds the training loss and the validation metrics.
 """
 import csv
+import io
 import json
 import math
 import os
@@ -34,11 +35,11 @@ from model import BertConfig, BertForSequenceClassification, BertModel, resolve_
 # -----------------------------------------------------------------------------
 # Settings: override with config files and --key=value flags
 # the model
-init_from = "out"          # our ckpt.pt's folder (pretrained or fine-tuned), or a HuggingFace BERT: a hub name such as bert-base-uncased, or a folder with config.json, the weights and vocab.txt
+init_from = "out"          # our run folder (train.py's or finetune.py's), or a HuggingFace BERT: a folder with config.json, the weights and vocab.txt or tokenizer.json (export.py's), or a hub name such as bert-base-uncased
 out_dir = "out-finetune"   # where the best epoch's ckpt.pt, log.jsonl and predictions.tsv go
 overwrite = False          # let this run replace a fine-tuned checkpoint already in out_dir
 eval_only = False          # evaluate init_from (fine-tuned) on the validation split, predict the test split
-pooling = "auto"           # the sequence vector the classifier reads: 'cls' (BERT's pooled [CLS]), 'mean' (of the hidden states), or 'auto': a fine-tuned checkpoint's own, the trained pooler of HuggingFace BERT, POOLING_OF_OURS for our pretraining
+pooling = "auto"           # the sequence vector the classifier reads: 'cls' (BERT's pooled [CLS]), 'mean' (of the hidden states), or 'auto': a fine-tuned checkpoint's own, else 'cls' (which export.py can hand to transformers)
 # the task: a name in TASKS (downloaded through `datasets`), or your own .csv / .jsonl files
 task = ""                  # with train_file: just a name for the run, stored in the checkpoint
 train_file = ""
@@ -53,7 +54,7 @@ metric = ""                # the metric that picks the best checkpoint; "" for t
 block_size = 128           # tokens per sequence at most, [CLS] and [SEP]s included
 examples_per_step = 32     # per optimizer step over all processes
 epochs = 3
-learning_rate = 2e-5
+learning_rate = 0.0        # 0: by the encoder's width, 2e-5 at 768 (BERT-base) up to 1e-3 below 256: a small encoder needs larger steps
 warmup_ratio = 0.1         # share of all steps spent warming up; then linear decay to 0
 weight_decay = 0.01
 beta1 = 0.9
@@ -66,14 +67,10 @@ seed = 1337
 log_interval = 50          # steps between log lines
 # system
 device = "auto"            # auto, cpu, cuda, cuda:1, mps
-dtype = "auto"             # auto (bf16 where the GPU has it, else fp16; fp32 on CPU), float32, bfloat16, float16
-compile = True             # torch.compile the model
+dtype = "auto"             # auto: bf16 where the GPU or CPU has it in hardware, else fp16 on a GPU, fp32 on a CPU; or float32, bfloat16, float16
+compile = None             # torch.compile the model; None: where it pays, on CUDA (on a CPU an epoch compiles longer than it trains)
 # -----------------------------------------------------------------------------
 
-# pooling='auto' for a checkpoint pretrained here: BERT's [CLS] pooler, which export.py can hand to
-# transformers. Mean pooling was never worse in the experiment of experiments/transfer.py (a tie after
-# MLM-only pretraining, clearly better after NSP pretraining, whose pooler learns nothing on short text)
-POOLING_OF_OURS = "cls"
 FROM_CHECKPOINT = ("task", "text_column", "text_pair_column", "label_column", "block_size", "metric", "pooling")  # eval_only
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 
@@ -88,8 +85,8 @@ def check_settings(cfg, world_size=1):
         p.append(f"block_size must be at least 8 ([CLS] A [SEP] B [SEP] and some text), got {cfg.block_size}")
     if cfg.examples_per_step % world_size:
         p.append(f"examples_per_step={cfg.examples_per_step} must be a multiple of the number of processes ({world_size})")
-    if not 0 < cfg.learning_rate < math.inf:
-        p.append(f"learning_rate must be positive and finite, got {cfg.learning_rate}")
+    if not 0 <= cfg.learning_rate < math.inf:
+        p.append(f"learning_rate must be positive and finite (or 0 for the encoder's width), got {cfg.learning_rate}")
     if not 0 <= cfg.warmup_ratio < 1:
         p.append(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     for name in ("weight_decay", "grad_clip", "seed"):
@@ -106,6 +103,8 @@ def check_settings(cfg, world_size=1):
         p.append(f"label_type must be 'auto', 'class' or 'regression', got {cfg.label_type!r}")
     p.append(runtime.check_dtype(cfg.dtype))
     p.append(runtime.check_device(cfg.device))
+    if not (cfg.compile is None or isinstance(cfg.compile, bool)):
+        p.append(f"compile must be True, False or None (where it pays: on CUDA), got {cfg.compile!r}")
     p.append(runtime.check_writable(cfg.out_dir))
     for name in ("train_file", "val_file", "test_file"):
         path = getattr(cfg, name)
@@ -389,18 +388,26 @@ def is_our_checkpoint(init_from):
     return os.path.isfile(os.path.join(init_from, "ckpt.pt")) or init_from.endswith(".pt")
 
 
+def default_learning_rate(n_embd):
+    """The fine-tuning learning rate for an encoder this wide, when none is given. BERT's 2e-5 suits
+    BERT-base (768); narrower encoders need larger steps: 2e-5 leaves a 2 x 128 encoder at chance after
+    3 epochs, where 1e-3 fine-tunes it. In between, the rates of Turc et al. 2019's grid for BERT-small
+    and BERT-mini."""
+    return 2e-5 if n_embd >= 768 else 1e-4 if n_embd >= 512 else 3e-4 if n_embd >= 256 else 1e-3
+
+
 def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto", need_head=False):
     """A BertForSequenceClassification with n_labels outputs starting from init_from, and the tokenizer
     that belongs to it. The classifier head is kept only from a checkpoint fine-tuned here on the same
-    labels with the same pooling (need_head: or stop). Returns (model, tokenizer, the folder of a WordPiece
-    vocabulary or None for GPT-2's)."""
+    labels with the same pooling (need_head: or stop). Returns (model, tokenizer, the folder whose
+    vocabulary file a fine-tuned checkpoint keeps beside it, or None for GPT-2's)."""
     if is_our_checkpoint(init_from):
         ckpt = runtime.load_checkpoint(init_from)
         folder = runtime.run_folder(init_from)
-        folder = None if ckpt["tokenizer"] == "gpt2" else folder  # fine-tuned from HF: vocab.txt beside it
+        folder = None if ckpt["tokenizer"] == "gpt2" else folder  # fine-tuned from HF: its vocabulary beside it
         config = BertConfig(**ckpt["model_config"])
         if pooling == "auto":  # a fine-tuned checkpoint keeps its own
-            pooling = ckpt.get("pooling", POOLING_OF_OURS)
+            pooling = ckpt.get("pooling", "cls")
         same_head = ckpt.get("n_labels") == n_labels and ckpt.get("labels") == labels and ckpt.get("pooling") == pooling
         if need_head and not same_head:
             raise SystemExit(f"{init_from} was fine-tuned with pooling={ckpt.get('pooling')!r} on labels {ckpt.get('labels')}: "
@@ -422,7 +429,8 @@ def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto",
     if tok.vocab_size > config.vocab_size:
         raise SystemExit(f"{init_from}: its tokenizer ({tok.name}) has {tok.vocab_size} ids but the model's embedding "
                          f"table only {config.vocab_size} rows: the weights and the vocabulary do not belong together. "
-                         "A HuggingFace folder needs its own vocab.txt; our checkpoints use GPT-2's (vocab_size=50304)")
+                         "A HuggingFace folder needs its own vocab.txt or tokenizer.json; our checkpoints use GPT-2's "
+                         "(vocab_size=50304)")
     if block_size > config.max_positions:
         raise SystemExit(f"block_size={block_size} is longer than {init_from} has positions for ({config.max_positions})")
     model = BertForSequenceClassification(replace(config, dropout=dropout), n_labels, pooling)
@@ -437,12 +445,13 @@ def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto",
 
 
 def copy_vocabulary(folder, out_dir, tokenizer):
-    """Keep a WordPiece vocabulary beside the fine-tuned checkpoint, so out_dir is self-contained."""
-    with open(os.path.join(folder, "vocab.txt"), "rb") as f:
-        runtime.write_bytes(os.path.join(out_dir, "vocab.txt"), f.read())
-    # the casing the tokenizer settled on, written down even where the folder only implied it
-    runtime.write_bytes(os.path.join(out_dir, "tokenizer_config.json"),
-                        json.dumps({"do_lower_case": tokenizer.lowercase}).encode())
+    """Keep a HuggingFace vocabulary beside the fine-tuned checkpoint, so out_dir is self-contained."""
+    name = "tokenizer.json" if tokenizer.name == "tokenizer.json" else "vocab.txt"
+    with open(os.path.join(folder, name), "rb") as f:
+        runtime.write_bytes(os.path.join(out_dir, name), f.read())
+    if tokenizer.name == "wordpiece":  # the casing the tokenizer settled on, even where the folder only implied it
+        runtime.write_bytes(os.path.join(out_dir, "tokenizer_config.json"),
+                            json.dumps({"do_lower_case": tokenizer.lowercase}).encode())
 
 
 @torch.no_grad()
@@ -467,11 +476,23 @@ def predictions(logits):
     return logits[:, 0] if logits.shape[1] == 1 else logits.argmax(1)
 
 
-def write_predictions(path, values, names):
-    """index<TAB>prediction per test row: the class name, or the score of a regression."""
-    lines = ["index\tprediction"] + [f"{i}\t{v:.4f}" if names is None else f"{i}\t{names[v]}"
-                                      for i, v in enumerate(values)]
-    runtime.write_bytes(path, ("\n".join(lines) + "\n").encode())
+def write_predictions(path, logits, names, data):
+    """One row per test example: its index, the prediction (the class name, or the score of a regression),
+    the predicted class's probability, and the text (and its pair), tab-separated."""
+    pred = predictions(logits)
+    header = ["index", "prediction"] + ([] if names is None else ["probability"]) + ["text"]
+    header += ["text_pair"] if data["pairs"] is not None else []
+    lines = []
+    if names is not None:
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        prob = (p / p.sum(1, keepdims=True)).max(1)
+    for i, v in enumerate(pred):
+        row = [str(i), f"{v:.4f}" if names is None else str(names[v])] + ([] if names is None else [f"{prob[i]:.4f}"])
+        row += [data["texts"][i]] + ([data["pairs"][i]] if data["pairs"] is not None else [])
+        lines.append(row)
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows([header] + lines)  # quotes text with tabs or newlines
+    runtime.write_bytes(path, buf.getvalue().encode())
 
 
 def read_splits(cfg):
@@ -499,6 +520,78 @@ def read_splits(cfg):
     return splits, paths, cols, names, cfg.metric
 
 
+def task_metric(names, metric_name):
+    """(n_labels, the metric that picks the best epoch) for class names (None: regression)."""
+    regression = names is None
+    metric_name = metric_name or ("spearman" if regression else "accuracy")  # BERT reports STS-B in Spearman
+    known = ["pearson", "spearman"] if regression else ["accuracy", "f1", "mcc"] if len(names) == 2 else ["accuracy", "mcc"]
+    if metric_name not in known:
+        raise SystemExit(f"metric={metric_name!r} does not apply to this task; choose one of {', '.join(known)}")
+    return 1 if regression else len(names), metric_name
+
+
+def tokenize_splits(tok, splits, where, cols, names, block_size, say):
+    """{split: ids, where token type 1 starts, labels (None for an unlabelled test split), texts}."""
+    data = {}
+    for split, rows in splits.items():
+        if rows is None:
+            continue
+        label_col = cols[2]
+        if split == "test" and not all(str(r.get(label_col) or "").strip() for r in rows):
+            label_col = ""  # an unlabelled test split: only predictions
+        texts, pairs, labels = get_columns(rows, where[split], *cols[:2], label_col)
+        ids, starts, n_cut = encode(tok, texts, pairs, block_size)
+        labels = None if labels is None else label_ids(labels, names, where[split])
+        data[split] = {"ids": ids, "starts": starts, "labels": labels, "texts": texts, "pairs": pairs}
+        say(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={block_size} (the longer text first), "
+            f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
+    return data
+
+
+def score(model, data, names, out_dir, pred_args, rank, world_size, say):
+    """The validation metrics, printed; and out_dir/predictions.tsv for the test split, with its metrics
+    where it has labels. Returns the validation metrics (None without a validation split)."""
+    n_labels = model.n_labels
+    out = {}
+    for split in ("val", "test"):
+        if split not in data:
+            continue
+        logits = predict(model, data[split], *pred_args, rank, world_size)
+        if data[split]["labels"] is not None:
+            out[split] = compute_metrics(predictions(logits), data[split]["labels"], n_labels)
+            say(f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in out[split].items()))
+        if split == "test" and rank == 0:
+            write_predictions(os.path.join(out_dir, "predictions.tsv"), logits, names, data["test"])
+            say(f"wrote {len(logits):,} test predictions to {out_dir}/predictions.tsv")
+    return out.get("val")
+
+
+def evaluate_only(cfg, given, local_rank, rank, world_size, say):
+    """eval_only: a model fine-tuned here, scored on the validation split and predicting the test split,
+    with the task settings it was trained with unless the command line gives others."""
+    if not is_our_checkpoint(cfg.init_from):
+        raise SystemExit("eval_only evaluates a model fine-tuned by finetune.py: set init_from to its out_dir")
+    ckpt = runtime.load_checkpoint(cfg.init_from, kinds=("finetuning",))
+    own_files = any(k.endswith("_file") for k in given) and ckpt["config"]["task"] in TASKS
+    for k in FROM_CHECKPOINT:  # your own files replace a named task's data
+        if k not in given and not (k == "task" and own_files):
+            setattr(cfg, k, ckpt["config"][k])
+    if "out_dir" not in given:  # predictions go beside the checkpoint
+        cfg.out_dir = runtime.run_folder(cfg.init_from)
+    splits, where, cols, names, _ = read_splits(cfg)
+    if cfg.task in TASKS and ckpt["labels"] != names:
+        raise SystemExit(f"{cfg.init_from} was fine-tuned on labels {ckpt['labels']}, but {cfg.task} has {names}")
+    names = ckpt["labels"]  # the checkpoint, not the data, fixes the labels and their ids
+    splits.pop("train", None)
+    dev, _, ctx, _ = runtime.setup(cfg.device, cfg.dtype, local_rank)
+    model, tok, _ = load_model(cfg.init_from, names, 1 if names is None else len(names), cfg.dropout, cfg.block_size,
+                               cfg.pooling, need_head=True)
+    data = tokenize_splits(tok, splits, where, cols, names, cfg.block_size, say)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    pred_args = (cfg.examples_per_step, dev, ctx, tok.pad, cfg.block_size)
+    return {"val": score(model.to(dev), data, names, cfg.out_dir, pred_args, rank, world_size, say)}
+
+
 # -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -508,88 +601,37 @@ def main(argv=None):
     master = rank == 0
     say = print if master else (lambda *args, **kwargs: None)
     require(check_settings(cfg, world_size))
-    ckpt = None
-    if cfg.eval_only:  # evaluate the way it was trained, unless told otherwise
-        if not is_our_checkpoint(cfg.init_from):
-            raise SystemExit("eval_only evaluates a model fine-tuned by finetune.py: set init_from to its out_dir")
-        ckpt = runtime.load_checkpoint(cfg.init_from, kinds=("finetuning",))
-        own_files = any(k.endswith("_file") for k in given) and ckpt["config"]["task"] in TASKS
-        for k in FROM_CHECKPOINT:  # your own files replace a named task's data
-            if k not in given and not (k == "task" and own_files):
-                setattr(cfg, k, ckpt["config"][k])
-        if "out_dir" not in given:  # predictions go beside the checkpoint
-            cfg.out_dir = runtime.run_folder(cfg.init_from)
-    elif is_our_checkpoint(cfg.init_from) and \
-            os.path.realpath(cfg.out_dir) == os.path.realpath(runtime.run_folder(cfg.init_from)):
+    if cfg.eval_only:
+        return evaluate_only(cfg, given, local_rank, rank, world_size, say)
+    ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
+    if is_our_checkpoint(cfg.init_from) and os.path.realpath(cfg.out_dir) == os.path.realpath(runtime.run_folder(cfg.init_from)):
         raise SystemExit(f"out_dir is init_from's folder ({cfg.out_dir}): fine-tuning would overwrite the "
                          "checkpoint it starts from. Choose another out_dir")
-    elif not cfg.overwrite:
-        runtime.refuse_overwrite(os.path.join(cfg.out_dir, "ckpt.pt"), "a checkpoint")
+    if not cfg.overwrite:
+        runtime.refuse_overwrite(ckpt_path, "a checkpoint")
 
-    # the data, as far as it can be read before the tokenizer is known; every check comes before any write
+    # data, model and tokenizer; every check comes before any write
     splits, where, cols, names, metric_name = read_splits(cfg)
-    if cfg.eval_only:  # the checkpoint, not the data, fixes the labels and their ids
-        if cfg.task in TASKS and ckpt["labels"] != names:
-            raise SystemExit(f"{cfg.init_from} was fine-tuned on labels {ckpt['labels']}, but {cfg.task} has {names}")
-        names = ckpt["labels"]
-        del ckpt
-    regression = names is None
-    n_labels = 1 if regression else len(names)
-    metric_name = metric_name or ("spearman" if regression else "accuracy")  # BERT reports STS-B in Spearman
-    known = ["pearson", "spearman"] if regression else ["accuracy", "f1", "mcc"] if n_labels == 2 else ["accuracy", "mcc"]
-    if metric_name not in known:
-        raise SystemExit(f"metric={metric_name!r} does not apply to this task; choose one of {', '.join(known)}")
-
-    # processes, device and precision
-    dev = runtime.pick_device(cfg.device, local_rank)
-    device_type = dev.split(":")[0]
-    ctx, scaler = runtime.autocast_and_scaler(device_type, cfg.dtype)
-    runtime.speed_settings(device_type)
+    n_labels, metric_name = task_metric(names, metric_name)
+    dev, device_type, ctx, scaler = runtime.setup(cfg.device, cfg.dtype, local_rank)
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
+    raw_model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling)
+    data = tokenize_splits(tok, splits, where, cols, names, cfg.block_size, say)
+    learning_rate = cfg.learning_rate or default_learning_rate(raw_model.config.n_embd)
+    say(f"task {cfg.task or 'custom'}: {'regression' if names is None else f'{n_labels} classes'}, best epoch by "
+        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {raw_model.num_params() / 1e6:.2f}M parameters, "
+        f"{raw_model.pooling} pooling); {runtime.precision(ctx)} on {dev}")
 
-    # the model and the tokenized splits
-    model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling,
-                                          need_head=cfg.eval_only)
-    data = {}
-    for split, rows in splits.items():
-        if rows is None or (cfg.eval_only and split == "train"):
-            continue
-        texts, pairs, labels = get_columns(rows, where[split], *cols[:2], "" if split == "test" else cols[2])
-        ids, starts, n_cut = encode(tok, texts, pairs, cfg.block_size)
-        labels = None if labels is None else label_ids(labels, names, where[split])
-        data[split] = {"ids": ids, "starts": starts, "labels": labels}
-        say(f"{split}: {len(ids):,} rows, {n_cut:,} cut to block_size={cfg.block_size} (the longer text first), "
-            f"{np.mean([len(r) for r in ids]):.1f} tokens on average")
-    say(f"task {cfg.task or 'custom'}: {'regression' if regression else f'{n_labels} classes'}, best epoch by "
-        f"{metric_name}; from {cfg.init_from} ({tok.name} tokenizer, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{model.pooling} pooling); {runtime.precision(ctx)} on {dev}")
-    model.to(dev)
-    raw_model = model  # the plain module, whose state_dict is saved
-    pred_args = (cfg.examples_per_step, dev, ctx, tok.pad, cfg.block_size)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    if cfg.eval_only:
-        scores = None
-        if "val" in data:
-            logits = predict(model, data["val"], *pred_args, rank, world_size)
-            scores = compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
-            say("val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        if master and "test" in data:
-            write_predictions(os.path.join(cfg.out_dir, "predictions.tsv"),
-                              predictions(predict(model, data["test"], *pred_args)), names)
-            say(f"wrote {len(data['test']['ids']):,} test predictions to {cfg.out_dir}/predictions.tsv")
-        return {"val": scores}
-
+    # what trains, and how
+    raw_model.to(dev)
     if cfg.freeze_encoder:
-        model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
+        raw_model.bert.requires_grad_(False)  # the optimizer skips it and autograd computes no encoder gradients
     if cfg.freeze_embeddings:  # with few labels, 6.4M embedding rows of a small model can memorise them instead
-        for table in (model.bert.wte, model.bert.wpe, model.bert.wtt):
+        for table in (raw_model.bert.wte, raw_model.bert.wpe, raw_model.bert.wtt):
             table.requires_grad_(False)
-    optimizer = raw_model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    if cfg.compile:
-        model = torch.compile(model)
-    eval_model = model  # compiled but never DDP-wrapped: evaluation has no gradients to all-reduce
+    optimizer = raw_model.configure_optimizers(cfg.weight_decay, learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    model, eval_model = runtime.wrap(raw_model, cfg.compile, ddp, device_type, local_rank)
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
         torch.manual_seed(cfg.seed + 1 + rank)  # the same fresh head everywhere, but each process its own dropout
     lengths = np.array([len(r) for r in data["train"]["ids"]])
     steps_per_epoch = len(lengths) // cfg.examples_per_step  # full batches only: the remainder sits out at random
@@ -599,23 +641,25 @@ def main(argv=None):
     max_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(cfg.warmup_ratio * max_steps)
     say(f"{cfg.epochs} epochs x {steps_per_epoch:,} steps x {cfg.examples_per_step} rows ({world_size} process"
-        f"{'es' if world_size > 1 else ''} x {cfg.examples_per_step // world_size}); {warmup_steps:,} warmup steps, "
-        "then linear decay to 0" + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
-    ckpt_path, log_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "log.jsonl")
-    pred_path = os.path.join(cfg.out_dir, "predictions.tsv")
-    log_file = runtime.open_log(log_path, os.path.exists(ckpt_path)) if master else None
+        f"{'es' if world_size > 1 else ''} x {cfg.examples_per_step // world_size}); learning rate {learning_rate:g}"
+        f"{'' if cfg.learning_rate else ' (for this width)'}, {warmup_steps:,} warmup steps, then linear decay to 0"
+        + ("; encoder frozen, training the classifier only" if cfg.freeze_encoder else ""))
+    pred_args = (cfg.examples_per_step, dev, ctx, tok.pad, cfg.block_size)
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        log_file = runtime.open_log(log_path, os.path.exists(ckpt_path))
 
     # the loop: an evaluation after every epoch; the best epoch is saved
     step, best, history = 0, None, []
-    t_log, steps_logged = time.time(), 0
     for epoch in range(cfg.epochs):
         model.train()
         if cfg.freeze_encoder:
             raw_model.bert.eval()  # frozen features: no dropout noise in them
         rng = np.random.default_rng(cfg.seed + epoch)  # the same on every process, so that they share out one batch
+        t_log, steps_logged = time.time(), 0
         for rows in length_grouped_batches(lengths, cfg.examples_per_step, rng):
             rows = rows[rank::world_size]  # rows of a batch have similar lengths: an even split of the work
-            lr = runtime.get_lr(step, cfg.learning_rate, warmup_steps, max_steps, 0.0, "linear")
+            lr = runtime.get_lr(step, learning_rate, warmup_steps, max_steps, 0.0, "linear")
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, types, mask = collate(data["train"], rows, tok.pad, cfg.block_size)
@@ -629,17 +673,14 @@ def main(argv=None):
             steps_logged += 1
             if step % cfg.log_interval == 0 or step == max_steps:
                 loss_value = loss.item()  # the one sync between evaluations
-                bad = torch.tensor(float(not math.isfinite(loss_value)), device=dev)
-                if ddp:  # every process stops together, none left waiting in an all-reduce
-                    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-                if bad:
+                if runtime.any_process([not math.isfinite(loss_value)], dev, ddp)[0]:
                     raise runtime.diverged(f"loss is {loss_value} at step {step}", ckpt_path)
                 dt = (time.time() - t_log) / steps_logged
                 say(f"epoch {epoch + 1} step {step}/{max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/step")
                 if master:
-                    log_file.write(json.dumps({"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr}) + "\n")
-                    log_file.flush()
+                    runtime.write_log(log_file, {"step": step, "epoch": epoch + 1, "loss": loss_value, "lr": lr})
                 t_log, steps_logged = time.time(), 0
+
         logits = predict(eval_model, data["val"], *pred_args, rank, world_size)  # the same on every process
         # huge but finite weights (learning_rate=1e9) can still give NaN outputs, which argmax would hide
         if not (runtime.all_finite(raw_model) and np.isfinite(logits).all()):
@@ -647,13 +688,11 @@ def main(argv=None):
         scores = compute_metrics(predictions(logits), data["val"]["labels"], n_labels)
         history.append(scores)
         improved = best is None or scores[metric_name] > best
+        best = scores[metric_name] if improved else best
         say(f"epoch {epoch + 1} val " + " ".join(f"{k} {v:.4f}" for k, v in scores.items())
             + (", best so far: saved" if improved else f", best {metric_name} stays {best:.4f}"))
-        if improved:
-            best = scores[metric_name]
         if master:
-            log_file.write(json.dumps({"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in scores.items()}}) + "\n")
-            log_file.flush()
+            runtime.write_log(log_file, {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in scores.items()}})
         if improved and master:
             if vocab_folder:
                 copy_vocabulary(vocab_folder, cfg.out_dir, tok)
@@ -662,18 +701,17 @@ def main(argv=None):
                 "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
                 "pooling": raw_model.pooling, "task": cfg.task or "custom", "tokenizer": tok.name,
                 "init_from": cfg.init_from, "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
-                "epoch": epoch + 1, "step": step, "config": vars(cfg),
+                "epoch": epoch + 1, "step": step, "config": vars(cfg) | {"learning_rate": learning_rate},
             }, ckpt_path)
+            pred_path = os.path.join(cfg.out_dir, "predictions.tsv")
             if log_file.name != log_path and os.path.exists(pred_path):
                 os.remove(pred_path)  # the earlier run's, made by the model this save replaced
             log_file = runtime.keep_log(log_file, log_path)
-        t_log, steps_logged = time.time(), 0  # evaluation is not training time
     if master:
         log_file.close()
-    if master and "test" in data:
-        raw_model.load_state_dict(runtime.load_checkpoint(ckpt_path)["model"])  # the best epoch predicts
-        write_predictions(pred_path, predictions(predict(eval_model, data["test"], *pred_args)), names)
-        say(f"wrote {len(data['test']['ids']):,} test predictions to {cfg.out_dir}/predictions.tsv")
+    if "test" in data:  # the best epoch predicts
+        raw_model.load_state_dict(runtime.load_checkpoint(ckpt_path)["model"])
+        score(eval_model, {"test": data["test"]}, names, cfg.out_dir, pred_args, 0, 1, say if master else lambda *a: None)
     return {"best": best, "metric": metric_name, "history": history}
 
 

@@ -345,12 +345,24 @@ def peak_flops(device_type):
 # -----------------------------------------------------------------------------
 # Loading HuggingFace BERT checkpoints (no transformers needed)
 
+def looks_local(name):
+    """Whether name can only be a path on this machine, never a hub name ('bert-base-uncased',
+    'google/bert_uncased_L-2_H-128_A-2'): it starts with '.', '/', '~' or 'out' (a run folder), ends
+    with '.pt' or a separator, or has more than one '/'."""
+    return (name.startswith((".", "/", "~", "out")) or name.endswith((".pt", "/", os.sep))
+            or name.count("/") > 1 or "\\" in name)
+
+
 def resolve_checkpoint(name_or_path):
-    """A local checkpoint folder as is; a hub name downloaded (config, vocabulary, weights) to the cache."""
+    """A local checkpoint folder as is; a hub name downloaded (config, vocabulary, weights) to the cache.
+    A name that can only be local and is not here is an error at once, never a request to the hub."""
     if os.path.isdir(name_or_path):
         return name_or_path
-    if name_or_path.startswith((".", "/", "~")) or os.path.exists(name_or_path):
-        raise ValueError(f"{name_or_path} is not a checkpoint folder")
+    if os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path} is a file, not a checkpoint folder")
+    if looks_local(name_or_path):
+        raise ValueError(f"no folder {name_or_path} here: point at a run folder that holds ckpt.pt (train.py's out_dir, "
+                         "e.g. out-tiny for config/bert_tiny.py) or a HuggingFace BERT folder")
     try:
         from huggingface_hub import hf_hub_download  # only needed for hub names; comes with `datasets`
     except ImportError:

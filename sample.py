@@ -23,6 +23,8 @@ from model import BertForPreTraining, resolve_checkpoint
 def load_model(out_dir="out", init_from=None, device="cpu"):
     """Our checkpoint in out_dir, or a HuggingFace BERT (hub name or local folder) if init_from is set.
     Returns (model in eval mode on device, the tokenizer that matches it)."""
+    if init_from and os.path.isfile(runtime.checkpoint_path(init_from)):
+        out_dir, init_from = init_from, None  # a run of ours, named the way finetune.py names one
     if init_from:
         try:
             folder = resolve_checkpoint(init_from)  # downloads a hub name; clear error offline

@@ -8,8 +8,9 @@ Our own models use tiktoken's GPT-2 byte-pair encoding plus four special tokens:
     50257 [CLS]    50258 [SEP]    50259 [MASK]    50260 [PAD]
 
 The model's embedding table is padded to 50304 rows (a multiple of 64, for fast kernels); ids above
-50260 are never produced. HuggingFace BERT checkpoints bring their own WordPiece vocabulary, which
-`WordPieceTokenizer` reads from the checkpoint folder.
+50260 are never produced. HuggingFace BERT checkpoints bring their own vocabulary: a WordPiece vocab.txt,
+which `WordPieceTokenizer` reads, or a tokenizer.json (export.py's folders among them), which
+`JSONTokenizer` reads.
 """
 import hashlib
 import json
@@ -144,6 +145,53 @@ class WordPieceTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+class JSONTokenizer:
+    """The tokenizer.json of a HuggingFace folder that has no vocab.txt: what export.py writes, and what
+    many newer BERT checkpoints carry. Its [CLS] [SEP] [MASK] [PAD] are looked up by name."""
+    name = "tokenizer.json"
+
+    def __init__(self, folder):
+        try:
+            from tokenizers import Tokenizer  # optional: only for HuggingFace folders
+        except ImportError:
+            raise SystemExit("this checkpoint's tokenizer.json needs the tokenizers package: pip install tokenizers")
+        path = os.path.join(folder, "tokenizer.json")
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:
+            raise SystemExit(f"{path} is not a tokenizer the tokenizers package can read ({type(e).__name__}): "
+                             "restore it from the folder it came from")
+        self.tok.no_truncation()  # block_size cuts the rows here, the longer text first
+        self.tok.no_padding()
+        self.vocab_size = self.tok.get_vocab_size()
+        ids = {t: self.tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]")}
+        if None in ids.values():
+            missing = [t for t, i in ids.items() if i is None]
+            raise SystemExit(f"{path} has no {', '.join(missing)}: a BERT tokenizer needs [CLS] [SEP] [MASK] [PAD]")
+        self.cls, self.sep, self.mask, self.pad = ids.values()
+        self.special_ids = {t.id for t in self.tok.get_added_tokens_decoder().values() if t.special}
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts, num_threads=1):
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_masked(self, text):
+        return self.encode(text)  # [MASK] is an added token: the tokenizer finds it in the text
+
+    def is_text(self, i):
+        return 0 <= i < self.vocab_size and i not in self.special_ids
+
+    def decode(self, ids):
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
 def get_tokenizer(hf_folder=None):
-    """GPT-2 + specials for our checkpoints; the checkpoint's WordPiece for a HuggingFace folder."""
-    return GPT2Tokenizer() if hf_folder is None else WordPieceTokenizer(hf_folder)
+    """GPT-2 + specials for our checkpoints; for a HuggingFace folder, its WordPiece vocab.txt, or else its
+    tokenizer.json."""
+    if hf_folder is None:
+        return GPT2Tokenizer()
+    if not os.path.isfile(os.path.join(hf_folder, "vocab.txt")) and os.path.isfile(os.path.join(hf_folder, "tokenizer.json")):
+        return JSONTokenizer(hf_folder)
+    return WordPieceTokenizer(hf_folder)

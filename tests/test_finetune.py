@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -250,17 +251,18 @@ def test_tiny_model_learns_generated_task(tmp_path, pretrained, kind, fmt, metri
         "text_b" if pair else "")
 
 
-def test_eval_only_and_test_predictions(tmp_path, pretrained):
+def test_eval_only_and_test_predictions(tmp_path, pretrained, capsys):
     out = tmp_path / "out"
     test_rows = [{"text": r["text"]} for r in make_task("sentiment", 40, 2)]  # no label column
     test_file = write_csv(tmp_path / "test.csv", test_rows)
     result = ft.main([*FAST, f"--init_from={pretrained}", f"--out_dir={out}", "--epochs=2",
                       *files(tmp_path, "sentiment", "csv"), f"--test_file={test_file}"])
     lines = (out / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "index\tprediction" and len(lines) == 41
+    rows = list(csv.DictReader(lines, delimiter="\t"))
+    assert len(rows) == 40 and [r["text"] for r in rows] == [r["text"] for r in test_rows]
     want = ["pos" if "good" in r["text"].split() else "neg" for r in make_task("sentiment", 40, 2)]
-    got = [line.split("\t")[1] for line in lines[1:]]
-    assert np.mean([g == w for g, w in zip(got, want)]) > 0.9
+    assert np.mean([r["prediction"] == w for r, w in zip(rows, want)]) > 0.9
+    assert all(0.5 <= float(r["probability"]) <= 1 for r in rows)  # of the predicted class, out of two
 
     before = (out / "ckpt.pt").read_bytes()
     val = files(tmp_path, "sentiment", "csv")[1]
@@ -274,6 +276,10 @@ def test_eval_only_and_test_predictions(tmp_path, pretrained):
     with pytest.raises(SystemExit, match="its head does not read pooling='mean'"):
         ft.main(["--eval_only=True", "--compile=False", "--device=cpu", f"--init_from={out}", val, "--pooling=mean"])
     assert (out / "ckpt.pt").read_bytes() == before and (out / "predictions.tsv").read_text().splitlines() == lines
+    # a test file with labels is scored as well
+    labelled = write_csv(tmp_path / "labelled.csv", make_task("sentiment", 40, 2))
+    ft.main(["--eval_only=True", "--device=cpu", f"--init_from={out}", val, f"--test_file={labelled}"])
+    assert re.search(r"^test accuracy (0\.9\d*|1\.0+) ", capsys.readouterr().out, re.M)
 
 
 def test_two_processes_share_each_batch(tmp_path, pretrained):

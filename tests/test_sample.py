@@ -177,7 +177,7 @@ def test_cli_unknown_hub_name_offline():
     (["--file", "{tmp}/missing.txt"], "cannot read --file {tmp}/missing.txt"),
     (["--file", "{tmp}/latin1.txt"], "--file {tmp}/latin1.txt is not UTF-8 text"),
     (["--out_dir", "{tmp}", "--text", "one [MASK]"], "no checkpoint at {tmp}/ckpt.pt"),
-    (["--init_from", "{tmp}/missing", "--text", "one [MASK]"], "{tmp}/missing is not a checkpoint folder"),
+    (["--init_from", "{tmp}/missing", "--text", "one [MASK]"], "no folder {tmp}/missing here"),
     pytest.param(["--device", "cuda", "--text", "one [MASK]"], "torch sees no CUDA GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
