@@ -5,24 +5,28 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bench_compare_hf_runs():
     out = subprocess.run([sys.executable, "bench.py", "--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2",
                           "--block_size=16", "--warmup=1", "--steps=2", "--compare_hf=True", "--profile=True"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert ("; malloc keeps freed memory" in out.stdout) == (platform.libc_ver()[0] == "glibc")  # as train.py on a CPU
-    rows = re.findall(r"^\s*(nanoBERT|transformers \S+)\s+([\d.]+)\s+(\d+)\s+(n/a|[\d.]+%)\s+(\d+)$", out.stdout, re.M)
-    assert [r[0].split()[0] for r in rows] == ["nanoBERT", "transformers"], out.stdout
-    assert all(float(r[1]) > 0 and int(r[2]) > 0 for r in rows)
-    assert rows[0][3] == "n/a"  # no made-up MFU on a CPU
+    # one row of figures for ours and one for transformers, however the table is laid out
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith(("nanoBERT", "transformers"))]
+    assert [r[0] for r in rows] == ["nanoBERT", "transformers"], out.stdout
+    assert all(any(re.fullmatch(r"\d[\d,]*(\.\d+)?", w) and float(w.replace(",", "")) > 0 for w in r) for r in rows)
+    assert "n/a" in rows[0]  # no made-up MFU on a CPU
     assert re.search(r"speed-up over transformers: \d+\.\d\dx", out.stdout)
     assert re.search(r"% of a large float32 matmul", out.stdout)
     # the profile: our step's ops by self time, the matmuls among them
     assert re.search(r"^profile: [\d.]+ ms of cpu time per step", out.stdout, re.M)
-    ops = re.findall(r"^\s+[\d.]+ ms\s+[\d.]+%\s+\d+x  (\S+)$", out.stdout, re.M)
+    ops = re.findall(r"^\s+[\d.]+ ms\b.*\s(\S+)$", out.stdout, re.M)
     assert 5 <= len(ops) <= 15 and {"aten::mm", "aten::addmm"} <= set(ops), out.stdout
 
 

@@ -236,6 +236,7 @@ def files(tmp_path, kind, fmt, n_train=512, n_val=128):
     ("count", "jsonl", "spearman", 0.9),
     ("count_b", "csv", "spearman", 0.8),
 ])
+@pytest.mark.slow
 def test_tiny_model_learns_generated_task(tmp_path, pretrained, kind, fmt, metric, threshold):
     pair = ["--text_pair_column=text_b"] if kind in ("segment", "count_b") else []
     out = tmp_path / "out"
@@ -282,6 +283,7 @@ def test_eval_only_and_test_predictions(tmp_path, pretrained, capsys):
     assert re.search(r"^test accuracy (0\.9\d*|1\.0+) ", capsys.readouterr().out, re.M)
 
 
+@pytest.mark.slow
 def test_two_processes_share_each_batch(tmp_path, pretrained):
     """torchrun with 2 CPU processes (gloo): each takes half of every batch and half of the validation
     batches; the master logs and saves."""
@@ -299,6 +301,7 @@ def test_two_processes_share_each_batch(tmp_path, pretrained):
     assert scores == pytest.approx(ckpt["val_metrics"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_freeze_encoder_trains_the_head_only(tmp_path, pretrained, monkeypatch):
     # an encoder that knows the task (fine-tuned on it), probed with a fresh head: renamed labels
     tuned = tmp_path / "tuned"
@@ -346,6 +349,7 @@ def test_long_texts_are_cut_and_counted_and_the_precision_is_logged(tmp_path, pr
     assert "cls pooling); torch.float32 on cpu" in out  # a reader of the log can tell bf16 runs from float32 ones
 
 
+@pytest.mark.slow
 def test_named_task_through_datasets(tmp_path, pretrained, monkeypatch):
     """A GLUE task as `datasets` serves it (ClassLabel ids, -1 on the unlabelled test split), with the
     download replaced by generated rows: the hub is out of reach in tests."""
@@ -463,6 +467,7 @@ def hf_folder(path, vocab_size):
     return str(path)
 
 
+@pytest.mark.slow
 def test_hf_checkpoint_folder(tmp_path):
     folder = hf_folder(tmp_path / "hf", vocab_size=32)  # a padded embedding table: 18 words used
     out = tmp_path / "out"

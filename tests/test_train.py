@@ -463,6 +463,7 @@ torch.save(model.state_dict(), os.path.join({out!r}, f"rank{{os.environ.get('RAN
 
 @pytest.mark.slow
 @pytest.mark.parametrize("nsp, dropout", [(True, 0.0), (False, 0.0), (True, 0.1)])
+@pytest.mark.slow
 def test_ddp_matches_one_process(counting, tmp_path, nsp, dropout):
     # the same global batch of 16 sequences: 2 processes x 1 micro-step, or 1 process x 2 micro-steps.
     # Without NSP the pooler and NSP head get no gradient: DDP fails on step 2 unless they are frozen.

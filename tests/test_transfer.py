@@ -109,6 +109,7 @@ def pretrain_and_probe(root, files, name, *flags):
     return probe(out, root / f"{name}-probe", files)
 
 
+@pytest.mark.slow
 def test_pretraining_transfers_to_words_the_labels_never_showed(toy):
     root, files = toy
     pretrained_acc = pretrain_and_probe(root, files, "pretrained")
