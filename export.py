@@ -275,9 +275,11 @@ def model_card(ckpt, model, records, name):
         use = (f'fill = pipeline("fill-mask", model="{name}")\n'
                'fill("the [MASK] sat on the mat.")  # a [MASK] is one GPT-2 token, with the space before it')
     else:
-        use = (f'classify = pipeline("text-classification", model="{name}")\n'
+        use = (f'classify = pipeline("text-classification", model="{name}", truncation=True)\n'
                'classify("a text")  # or {"text": "first", "text_pair": "second"}'
-               + ("; the score is the number itself" if not ckpt["labels"] else ""))
+               + ("; the score is the number itself" if not ckpt["labels"] else "")
+               + f"\n# truncation=True cuts a text to the model's {c.max_positions} positions, the longer text of a pair "
+               "first, as finetune.py does; without it a longer text stops the pipeline with an error")
     return (f"---\nlibrary_name: transformers\npipeline_tag: {'fill-mask' if pretraining else 'text-classification'}\n"
             f"tags: [bert, nanobert]\n---\n\n# {name}\n\n"
             f"A BERT {'pretrained' if pretraining else 'fine-tuned'} with nanoBERT; export.py wrote this folder from "
@@ -326,8 +328,9 @@ def main(argv=None):
     print(f"wrote {out_dir}: {kind} ({c.n_layer} layers x {c.n_embd}, {model.num_params() / 1e6:.2f}M parameters) "
           f"from {path} at step {ckpt.get('step', 0):,}; {ckpt.get('tokenizer', 'gpt2')} tokenizer; model card "
           "README.md")
-    task = "fill-mask" if ckpt["kind"] == "pretraining" else "text-classification"
-    print(f'use it: from transformers import pipeline; pipeline("{task}", model="{out_dir}")')
+    use = 'pipeline("fill-mask", model="{}")' if ckpt["kind"] == "pretraining" else \
+        'pipeline("text-classification", model="{}", truncation=True)  # truncation: texts longer than the model'
+    print("use it: from transformers import pipeline; " + use.format(out_dir))
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ class JSONTokenizer:
             missing = [t for t, i in ids.items() if i is None]
             raise SystemExit(f"{path} has no {', '.join(missing)}: a BERT tokenizer needs [CLS] [SEP] [MASK] [PAD]")
         self.cls, self.sep, self.mask, self.pad = ids.values()
-        self.special_ids = {t.id for t in self.tok.get_added_tokens_decoder().values() if t.special}
+        self.special_ids = {i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
 
     def encode(self, text):
         return self.tok.encode(text, add_special_tokens=False).ids

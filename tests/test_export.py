@@ -416,3 +416,45 @@ def test_messages_have_no_traceback(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "no checkpoint at" in r.stderr
     assert "unknown setting 'init_form'" in export_error("--init_form=out")
+
+
+def test_pipeline_with_truncation_classifies_texts_longer_than_the_model(classifier, gpt2):
+    """transformers does not truncate by default, and the tokenizer's files cannot change that (it resets
+    the backend's truncation on every call): the model card says truncation=True, which cuts as finetune.py
+    does, the longer text of a pair first."""
+    import finetune
+    model, _, folder = classifier
+    long, short = "a very long review, " * 60, "short"
+    assert "truncation=True" in open(os.path.join(folder, "README.md")).read()
+    classify = quiet_pipeline("text-classification", folder, top_k=None, truncation=True)
+    theirs = [classify(long), classify({"text": short, "text_pair": long}), classify({"text": long, "text_pair": short})]
+    for (texts, pairs), t in zip((([long], None), ([short], [long]), ([long], [short])), theirs):
+        ids, starts, n_cut = finetune.encode(gpt2, texts, pairs, model.config.max_positions)
+        assert n_cut == 1 and len(ids[0]) == model.config.max_positions
+        types = [0] * starts[0] + [1] * (len(ids[0]) - starts[0])
+        with torch.no_grad():
+            probs = model(torch.tensor(ids), torch.tensor([types]))[0][0].softmax(-1)
+        t = t[0] if isinstance(t[0], list) else t  # a pair comes back in a list of its own
+        assert {d["label"]: d["score"] for d in t} == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-5)
+
+
+def test_finetune_starts_from_an_exported_folder(pretrained, tmp_path):
+    """Our export, like many HuggingFace BERT folders, has a tokenizer.json and no vocab.txt."""
+    import finetune
+    _, _, folder = pretrained
+    rng = random.Random(0)
+    rows = [(" ".join(rng.choice("good fine bad awful".split()) for _ in range(4)), rng.choice("ab")) for _ in range(48)]
+    for name, part in (("train", rows[:32]), ("val", rows[32:])):
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in part))
+    out = tmp_path / "ft"
+    finetune.main([f"--init_from={folder}", f"--out_dir={out}", f"--train_file={tmp_path / 'train.csv'}",
+                   f"--val_file={tmp_path / 'val.csv'}", "--epochs=1", "--examples_per_step=16", "--block_size=32",
+                   "--device=cpu"])
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["tokenizer"] == "tokenizer.json" and (out / "tokenizer.json").is_file()  # out_dir is self-contained
+    ours = tokenization.GPT2Tokenizer()
+    theirs = tokenization.get_tokenizer(str(out))
+    for text in ("a fine film", "naïve café 日本語", "tabs\tand\nnewlines"):
+        assert theirs.encode(text) == ours.encode(text)
+    assert (theirs.cls, theirs.sep, theirs.pad) == (tokenization.CLS, tokenization.SEP, tokenization.PAD)
+    finetune.main(["--eval_only=True", f"--init_from={out}", f"--val_file={tmp_path / 'val.csv'}", "--device=cpu"])

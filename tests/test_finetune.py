@@ -496,3 +496,24 @@ def test_freeze_embeddings_keeps_the_tables_and_trains_the_rest(tmp_path, pretra
         assert torch.equal(tuned[k], start[k]), k
     assert not torch.equal(tuned["bert.h.0.mlp.fc.weight"], start["bert.h.0.mlp.fc.weight"])
     assert not torch.equal(tuned["bert.ln_emb.weight"], start["bert.ln_emb.weight"])
+
+
+@pytest.mark.parametrize("init_from", ["out", "out-tiny", "./runs/x", "runs/a/b", "/no/such/run"])
+def test_a_local_path_that_is_not_here_never_goes_to_the_hub(tmp_path, monkeypatch, init_from):
+    """finetune.py's default init_from, 'out', is a folder that config/bert_tiny.py never writes: it must
+    say so at once instead of waiting on the hub's retries."""
+    import huggingface_hub
+    data = files(tmp_path, "sentiment", "csv", 32, 32)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("it asked the hub"))
+    with pytest.raises(SystemExit, match=f"no folder {init_from} here: point at a run folder"):
+        ft.main([f"--init_from={init_from}", *data, "--device=cpu"])
+    assert sorted(os.listdir(tmp_path)) == ["train.csv", "val.csv"]
+
+
+def test_the_learning_rate_follows_the_encoder_when_not_given():
+    assert ft.default_learning_rate(768) == 2e-5  # BERT's, for BERT-base
+    assert ft.default_learning_rate(1024) == 2e-5
+    assert ft.default_learning_rate(128) == 1e-3  # bert_tiny: 2e-5 leaves it at chance
+    rates = [ft.default_learning_rate(w) for w in (64, 128, 256, 512, 768)]
+    assert rates == sorted(rates, reverse=True)
