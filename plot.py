@@ -3,7 +3,7 @@ Training curves of one run or several on one figure: train and validation loss, 
 learning rate, from the log.jsonl that train.py writes beside ckpt.pt (finetune.py's log works too:
 its validation metrics get a panel of their own).
 
-    python plot.py out-tiny                              # -> curves.png
+    python plot.py out-tiny                              # -> out-tiny/curves.png
     python plot.py out-tiny out-small --out=compare.png  # one colour per run
     python plot.py out-tiny out-small --x=tokens         # against tokens seen: runs with different batch sizes line up
 
@@ -79,7 +79,7 @@ def figure(runs, x="step"):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Plot the training curves of runs (their log.jsonl) on one figure.")
     parser.add_argument("runs", nargs="+", help="out_dir folders (or log.jsonl files) of train.py or finetune.py")
-    parser.add_argument("--out", default="curves.png", help="the PNG to write (default curves.png)")
+    parser.add_argument("--out", default="", help="the PNG to write (default: curves.png in the first run's folder)")
     parser.add_argument("--x", choices=("step", "tokens"), default="step",
                         help="the x axis: optimizer steps (default), or tokens seen (train.py logs them)")
     args = parser.parse_args(argv)
@@ -89,6 +89,8 @@ def main(argv=None):
             raise SystemExit(f"{name}'s log has no token counts (finetune.py's, or train.py's from before they were "
                              "logged): plot it against steps, without --x=tokens")
     fig = figure(runs, args.x)
+    first = args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0]) or "."
+    args.out = args.out or os.path.join(first, "curves.png")  # beside the run, not wherever plot.py was started
     runtime.write_atomic(args.out, lambda tmp: fig.savefig(tmp, format="png"))  # a reader never sees half a PNG
     print(f"wrote {args.out}: {', '.join(name for name, _ in runs)}; "
           f"{', '.join(ax.get_title() for ax in fig.axes)} against {args.x}")

@@ -98,6 +98,9 @@ def resolve_files(patterns):
     files = []
     for pattern in patterns:
         matches = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+        if not matches and os.path.isdir(pattern):
+            raise SystemExit(f"{pattern!r} is a folder: name its files, e.g. --files \"{os.path.join(pattern, '*.txt')}\" "
+                             f"(or \"{os.path.join(pattern, '**', '*.txt')}\" for its subfolders too)")
         if not matches:
             raise SystemExit(f"no files match {pattern!r}: check the path (quote globs so the shell leaves them alone)")
         files += matches
@@ -218,7 +221,9 @@ def load_corpus(args):
     try:
         # Arrow conversion: a file per process
         num_proc = min(args.num_proc, len(kwargs["data_files"])) if files else args.num_proc
-        dd = datasets.load_dataset(path, **kwargs, cache_dir=args.cache_dir, num_proc=num_proc)
+        # local files are read where they are: no "Downloading data" bars for them
+        quiet = None if args.dataset else datasets.DownloadConfig(disable_tqdm=True)
+        dd = datasets.load_dataset(path, **kwargs, cache_dir=args.cache_dir, num_proc=num_proc, download_config=quiet)
     except Exception as e:  # offline, unknown name or config, malformed JSON: say which, then stop
         if interrupted(e):
             raise KeyboardInterrupt from None

@@ -166,6 +166,9 @@ def resumed_settings(cfg, given, ckpt, path, say=print):
 
 def check_data(data_dir):
     """One clear message if data_dir does not hold prepare.py's output for our GPT-2 vocabulary."""
+    if not os.path.isdir(data_dir):
+        raise SystemExit(f"data_dir={data_dir!r} does not exist: check the name, or prepare a corpus there first, e.g. "
+                         f"`python prepare.py --files \"my_texts/*.txt\" --out_dir {data_dir}`")
     files = [f"{s}{ext}" for s in ("train", "val") for ext in (".bin", "_docs.npy")] + ["meta.json"]
     missing = [f for f in files if not os.path.isfile(os.path.join(data_dir, f))]
     if missing:

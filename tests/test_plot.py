@@ -90,3 +90,14 @@ def test_without_matplotlib(tmp_path):
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.strip() == "plot.py needs matplotlib: pip install matplotlib"
     assert not os.path.exists(tmp_path / "c.png")
+
+
+def test_the_default_picture_goes_beside_the_first_run(tmp_path, monkeypatch):
+    folder = tmp_path / "out-tiny"
+    folder.mkdir()
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 0, "tokens": 0, "val_loss": 9.0, "val_mlm_loss": 9.0, "val_mlm_acc": 0.0},
+        {"step": 1, "tokens": 8, "loss": 8.0, "mlm_loss": 8.0, "mlm_acc": 0.1, "lr": 1e-3})))
+    monkeypatch.chdir(tmp_path)
+    plot.main(["out-tiny"])
+    assert os.listdir(tmp_path) == ["out-tiny"] and (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -191,6 +191,9 @@ def test_default_out_dir():
 def test_missing_path(tmp_path):
     with pytest.raises(SystemExit, match="no files match"):
         run(tmp_path, "--files", tmp_path / "nowhere" / "*.txt")
+    (tmp_path / "texts").mkdir()
+    with pytest.raises(SystemExit, match=r"texts' is a folder: name its files, e.g. --files \".*texts/\*.txt\""):
+        run(tmp_path, "--files", tmp_path / "texts")
     with pytest.raises(SystemExit, match="could not load"):
         run(tmp_path, "--dataset", tmp_path / "no_such_dataset")
 

@@ -400,8 +400,11 @@ def test_signal_saves_and_stops(counting, tmp_path):
 # Bad input: one clear message each
 
 def test_missing_data(tmp_path):
-    with pytest.raises(SystemExit, match="prepare.py"):
-        train.main(tiny_run(tmp_path / "nothing", tmp_path / "out"))
+    with pytest.raises(SystemExit, match="nothing' does not exist: check the name, or prepare a corpus there"):
+        train.main(tiny_run(tmp_path / "nothing", tmp_path / "out"))  # a misspelt data_dir
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="lacks train.bin, .*prepare.py"):
+        train.main(tiny_run(tmp_path / "empty", tmp_path / "out"))
 
 
 def test_data_from_another_tokenizer(tmp_path):
