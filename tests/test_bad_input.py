@@ -421,3 +421,10 @@ def test_sample_finds_the_one_checkpoint_here(only_out_tiny):
     r = run("sample.py", "--text", "one [MASK] three", cwd=only_out_tiny)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert "(reading out-tiny/ckpt.pt, the one checkpoint here" in r.stdout and "[MASK] 1: " in r.stdout
+
+
+def test_train_into_a_fine_tuned_folder_does_not_suggest_resuming_it(finetuned, data, tmp_path):
+    out = copy(finetuned, tmp_path)
+    before = md5s(out)
+    message = one_message(call("train.py", *tiny_run(data, out, "--max_steps=2")), "already holds a fine-tuned checkpoint")
+    assert "--init_from=resume" not in message and md5s(out) == before

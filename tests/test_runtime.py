@@ -136,3 +136,10 @@ def test_stop_signal_when_the_previous_handler_was_set_outside_python():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_compile_by_default_only_where_it_pays():
+    model = torch.nn.Linear(2, 2)
+    assert runtime.wrap(model, None, False, "cpu") == (model, model)  # on a CPU a short run compiles longer than it trains
+    assert runtime.wrap(model, False, False, "cuda") == (model, model)
+    assert runtime.wrap(model, None, False, "cuda")[0] is not model
