@@ -709,9 +709,9 @@ def main(argv=None):
             log_file = runtime.keep_log(log_file, log_path)
     if master:
         log_file.close()
-    if "test" in data:  # the best epoch predicts
+    if master and "test" in data:  # the best epoch predicts
         raw_model.load_state_dict(runtime.load_checkpoint(ckpt_path)["model"])
-        score(eval_model, {"test": data["test"]}, names, cfg.out_dir, pred_args, 0, 1, say if master else lambda *a: None)
+        score(eval_model, {"test": data["test"]}, names, cfg.out_dir, pred_args, 0, 1, say)
     return {"best": best, "metric": metric_name, "history": history}
 
 
