@@ -5,6 +5,8 @@ Training-step speed: forward, backward and optimizer step on a fixed synthetic p
     python bench.py --model=small --compare_hf=True   # and transformers' BertForPreTraining, same run
     python bench.py --model=base --batch_size=256 --compile=True --compare_hf=True   # on a GPU: bf16
     python bench.py --profile=True                    # and where our step's time goes, op by op
+    python bench.py --compare_vocab_size=8192         # ours with GPT-2's 50,304 rows and with 8,192, same run
+    python bench.py --init_from=out-tiny              # the shape and vocabulary of one of our checkpoints
 
 Both models see identical shapes, vocabulary, batch, masking (mask_prob of each row, [MASK] inputs)
 and NSP labels, the same AdamW and the same precision. Warm-up steps (compilation included) are not
@@ -19,13 +21,16 @@ import torch
 import runtime
 from configurator import read_settings, require
 from model import BertConfig, BertForPreTraining, max_predictions_for
-from tokenizer import MASK, N_TEXT, VOCAB_SIZE
+from tokenizer import GPT2Tokenizer
 
 # -----------------------------------------------------------------------------
 model = "tiny"          # tiny (2 x 128), small (4 x 512), base (12 x 768); n_layer etc. below override
 n_layer = 0             # 0: from the preset
 n_head = 0
 n_embd = 0
+vocab_size = 0          # embedding rows; 0: GPT-2's 50,304
+compare_vocab_size = 0  # also time ours with this many rows in the same run, e.g. 8192 (a vocabulary trained by prepare.py)
+init_from = ""          # one of our run folders: time its shape and vocabulary instead of the settings above
 batch_size = 32
 block_size = 128
 mask_prob = 0.15
@@ -43,15 +48,15 @@ seed = 1337
 PRESETS = {"tiny": (2, 2, 128), "small": (4, 8, 512), "base": (12, 12, 768)}
 
 
-def make_batch(B, T, P, generator, dev):
-    """Random text ids, exactly P masked positions per row (all [MASK] inputs), NSP labels."""
-    idx = torch.randint(0, N_TEXT, (B, T), generator=generator)
+def make_batch(B, T, P, V, generator, dev):
+    """Random ids of V - 1 rows, exactly P masked positions per row (all [MASK] inputs: the last row), NSP labels."""
+    idx = torch.randint(0, V - 1, (B, T), generator=generator)
     types = torch.zeros(B, T, dtype=torch.long)
     types[:, T // 2:] = 1
     pos = torch.rand(B, T - 1, generator=generator).argsort(dim=1)[:, :P] + 1  # never [CLS]'s slot
     labels = torch.full((B, T), -100, dtype=torch.long)
     labels.scatter_(1, pos, idx.gather(1, pos))
-    idx = idx.scatter(1, pos, MASK)
+    idx = idx.scatter(1, pos, V - 1)
     nsp = torch.randint(0, 2, (B,), generator=generator)
     return [t.to(dev) for t in (idx, types, labels, nsp)]
 
@@ -104,9 +109,12 @@ def check_settings(cfg):
     for name in ("batch_size", "block_size", "steps"):
         if getattr(cfg, name) < 1:
             p.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("n_layer", "n_head", "n_embd", "warmup"):
+    for name in ("n_layer", "n_head", "n_embd", "warmup", "vocab_size", "compare_vocab_size"):
         if getattr(cfg, name) < 0:
             p.append(f"{name} must not be negative, got {getattr(cfg, name)}")
+    for name in ("vocab_size", "compare_vocab_size"):
+        if 0 < getattr(cfg, name) < 128:
+            p.append(f"{name} must be 0 or at least 128, got {getattr(cfg, name)}")
     if not 0 < cfg.mask_prob <= 1:
         p.append(f"mask_prob must be in (0, 1], got {cfg.mask_prob}")
     if not 0 <= cfg.dropout < 1:
@@ -125,8 +133,12 @@ def main(argv=None):
     require(check_settings(c))
     L, H, C = PRESETS[c.model]
     try:
-        cfg = BertConfig(max_positions=max(c.block_size, 128), vocab_size=VOCAB_SIZE, n_layer=c.n_layer or L,
-                         n_head=c.n_head or H, n_embd=c.n_embd or C, dropout=c.dropout)
+        if c.init_from:
+            cfg = BertConfig(**runtime.load_checkpoint(c.init_from)["model_config"])
+            cfg = BertConfig(**{**vars(cfg), "dropout": c.dropout, "max_positions": max(cfg.max_positions, c.block_size)})
+        else:
+            cfg = BertConfig(max_positions=max(c.block_size, 128), vocab_size=c.vocab_size or GPT2Tokenizer().rows,
+                             n_layer=c.n_layer or L, n_head=c.n_head or H, n_embd=c.n_embd or C, dropout=c.dropout)
     except ValueError as e:
         raise SystemExit(str(e))
     device = runtime.pick_device(c.device)
@@ -139,8 +151,9 @@ def main(argv=None):
     torch.manual_seed(c.seed)
     B, T = c.batch_size, c.block_size
     P = max_predictions_for(T, c.mask_prob)  # masked positions per row, the sparse MLM head's fixed width
-    idx, types, labels, nsp = make_batch(B, T, P, torch.Generator().manual_seed(c.seed), device)
-    print(f"{c.model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
+    batch = lambda V: make_batch(B, T, P, V, torch.Generator().manual_seed(c.seed), device)
+    idx, types, labels, nsp = batch(cfg.vocab_size)
+    print(f"{c.init_from or c.model}: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
           f"batch {B} x {T} tokens, {P} masked per row; {device}, {dtype}, compile={c.compile}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads" + ("; malloc keeps freed memory" if kept else ""))
 
@@ -168,6 +181,12 @@ def main(argv=None):
     ours = BertForPreTraining(cfg)
     mlm_fraction = P / T
     results = [run("nanoBERT", ours, lambda m: m(idx, types, None, labels, nsp, max_predictions=P)[2], c.compile)]
+    if c.compare_vocab_size:
+        small = BertForPreTraining(BertConfig(**{**vars(cfg), "vocab_size": c.compare_vocab_size}))
+        b = batch(c.compare_vocab_size)
+        results.append(run(f"nanoBERT, vocab {c.compare_vocab_size}", small,
+                           lambda m: m(b[0], b[1], None, b[2], b[3], max_predictions=P)[2], c.compile))
+        results[-1]["mfu"] = small.estimate_mfu(results[-1]["tok_s"], T, dev_type, mlm_fraction)
     flops = ours.flops_per_token(T, mlm_fraction) * results[0]["tok_s"]
     results[0]["mfu"] = ours.estimate_mfu(results[0]["tok_s"], T, dev_type, mlm_fraction)
     if c.compare_hf:
@@ -182,13 +201,16 @@ def main(argv=None):
         results.append(run(name, hf, lambda m: m(
             input_ids=idx, token_type_ids=types, labels=labels, next_sentence_label=nsp).loss, compiled))
         # the reference runs the MLM decoder on every position: count the FLOPs it really does
-        results[1]["mfu"] = ours.estimate_mfu(results[1]["tok_s"], T, dev_type, 1.0)
+        results[-1]["mfu"] = ours.estimate_mfu(results[-1]["tok_s"], T, dev_type, 1.0)
     print(f"{'':>33} {'ms/step':>9} {'tokens/s':>10} {'MFU':>6} {'peak MiB':>9}")
     for r in results:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"{r['name']:>33} {r['ms']:9.1f} {r['tok_s']:10.0f} {mfu:>6} {r['mem']:9.0f}")
+    if c.compare_vocab_size:
+        print(f"vocab {c.compare_vocab_size} against {cfg.vocab_size}: {results[1]['tok_s'] / results[0]['tok_s']:.2f}x "
+              "the tokens per second")
     if c.compare_hf:
-        print(f"speed-up over transformers: {results[0]['tok_s'] / results[1]['tok_s']:.2f}x")
+        print(f"speed-up over transformers: {results[0]['tok_s'] / results[-1]['tok_s']:.2f}x")
     ceiling = matmul_flops(device, pt_dtype if dev_type == "cuda" else torch.float32, sync)
     print(f"model FLOP/s {flops / 1e12:.3f} T = {100 * flops / ceiling:.0f}% of a large {dtype} matmul "
           f"on this device ({ceiling / 1e12:.3f} TFLOP/s)")

@@ -10,9 +10,9 @@ and no code from this repository.
 
 The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md: data,
 steps, tokens and validation metrics, from the checkpoint and the log.jsonl beside it). The tokenizer
-is the checkpoint's: for our GPT-2 vocabulary a tokenizer.json, built here from tiktoken's encoding,
-that gives the ids tokenizer.py gives; for a WordPiece checkpoint (fine-tuned from HuggingFace weights)
-its own vocab.txt. BertForPreTraining.from_pretrained(out_dir) in model.py loads the weights back
+is the one the checkpoint carries, giving the ids tokenizer.py gives: GPT-2's as a tokenizer.json
+built here from tiktoken's encoding, a vocabulary trained by prepare.py as its own tokenizer.json, a
+HuggingFace BERT's WordPiece as its vocab.txt. BertForPreTraining.from_pretrained(out_dir) in model.py loads the weights back
 bit for bit.
 """
 import json
@@ -57,15 +57,16 @@ def check_checkpoint(ckpt, path, run_dir):
                  "Fine-tune with pooling='cls' to export it")
     if not ckpt["model_config"].get("bias", True):
         p.append(f"{path} has no biases (bias=False); HuggingFace's BERT always has them")
-    if tok not in ("gpt2", "wordpiece"):
-        p.append(f"{path}: tokenizer {tok!r} is not one export.py knows (gpt2 or wordpiece)")
-    if tok == "gpt2" and ckpt["model_config"].get("vocab_size", 0) <= tokenization.PAD:
+    if tok not in ("gpt2", "wordpiece", "tokenizer.json"):
+        p.append(f"{path}: tokenizer {tok!r} is not one export.py knows (gpt2, wordpiece or tokenizer.json)")
+    if tok == "gpt2" and ckpt["model_config"].get("vocab_size", 0) < tokenization.GPT2Tokenizer.n_ids:
         p.append(f"{path} has {ckpt['model_config'].get('vocab_size')} embedding rows, too few for our GPT-2 "
                  "vocabulary")
-    for f in ("vocab.txt", "tokenizer_config.json") if tok == "wordpiece" else ():
+    files = {"wordpiece": ("vocab.txt",), "tokenizer.json": ("tokenizer.json",)}.get(tok, ())
+    for f in files if "tokenizer_json" not in ckpt else ():  # older fine-tuned checkpoints keep it beside them
         if not os.path.isfile(os.path.join(run_dir, f)):
-            p.append(f"{path} uses a WordPiece vocabulary, but {run_dir} lacks its {f} (finetune.py writes it beside "
-                     "ckpt.pt)")
+            p.append(f"{path} does not carry its vocabulary, and {run_dir} lacks the {f} that finetune.py wrote "
+                     "beside ckpt.pt")
     if not os.path.isfile(os.path.join(run_dir, "log.jsonl")):
         p.append(f"{run_dir} has no log.jsonl beside ckpt.pt: the model card reports the run from it. Export from "
                  "the run folder that train.py or finetune.py wrote")
@@ -117,13 +118,6 @@ def hf_config(ckpt, config, pad_id):
 # -----------------------------------------------------------------------------
 # The tokenizer
 
-def bytes_to_unicode():
-    """GPT-2's printable stand-in for every byte, in which its vocab.json and merges.txt are written."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
-
-
 def bpe(ranks, token, max_rank):
     """token's bytes merged as tiktoken merges them (the adjacent pair whose join ranks lowest, first),
     with only the tokens ranked below max_rank."""
@@ -145,7 +139,7 @@ def gpt2_vocab_and_merges(enc):
     makes a token is the pair that BPE reaches with the tokens ranked below it: this gives back the
     published merges.txt, line for line."""
     ranks = {b: enc.encode_single_token(b) for b in enc.token_byte_values()}
-    u = bytes_to_unicode()
+    u = tokenization.bytes_to_unicode()
     text = lambda b: "".join(u[x] for x in b)
     merges = [[text(p) for p in bpe(ranks, token, r)] for token, r in sorted(ranks.items(), key=lambda kv: kv[1])
               if len(token) > 1]
@@ -153,56 +147,69 @@ def gpt2_vocab_and_merges(enc):
     return {text(b): r for b, r in ranks.items()}, merges
 
 
-def gpt2_tokenizer_files(max_positions, fill_mask):
-    """tokenizer.json and tokenizer_config.json for transformers' fast tokenizer, encoding as tokenizer.py:
-    [CLS] A [SEP] (B [SEP]), token type 1 for B. fill_mask (a pretraining export): "[MASK]" in the text is
-    the mask and takes one space before it, as GPT2Tokenizer.encode_masked does. The other specials follow
-    transformers' rule: written in the text, they are those tokens. Else (a classifier) every special
-    written in the text is plain text, as in finetune.py, which encodes with encode_ordinary."""
-    T = tokenization
-    vocab, merges = gpt2_vocab_and_merges(T.GPT2Tokenizer().enc)
-    specials = T.GPT2Tokenizer.specials
-    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": s == T.MASK_TOKEN, "special": True} for i, s in sorted(specials.items())]
-    seq = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}
-    tok = lambda i, type_id: {"SpecialToken": {"id": specials[i], "type_id": type_id}}
-    tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        # one space before a [MASK] goes (lstrip=True would take tabs, newlines and runs of spaces too);
-        # [MASK] is then found in the normalized text, the other specials in the raw text
-        "normalizer": {"type": "Replace", "pattern": {"String": " " + T.MASK_TOKEN}, "content": T.MASK_TOKEN}
-        if fill_mask else None,
+def gpt2_tokenizer_json(tok):
+    """GPT-2 as a tokenizer.json, with the ids tokenizer.py gives: byte-level BPE and our specials."""
+    vocab, merges = gpt2_vocab_and_merges(tok.enc)
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, s in sorted(tok.names.items())]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
         # ByteLevel's regex is GPT-2's, the pattern of tiktoken's gpt2 encoding
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [tok(T.CLS, 0), seq("A", 0), tok(T.SEP, 0)],
-            "pair": [tok(T.CLS, 0), seq("A", 0), tok(T.SEP, 0), seq("B", 1), tok(T.SEP, 1)],
-            "special_tokens": {specials[i]: {"id": specials[i], "ids": [i], "tokens": [specials[i]]}
-                               for i in (T.CLS, T.SEP)}},
+        "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         # ignore_merges: a pre-token that is a whole vocabulary entry is that token, as in tiktoken
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
                   "vocab": vocab, "merges": merges},
     }
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "cls_token": specials[T.CLS], "sep_token": specials[T.SEP],
-              "mask_token": specials[T.MASK], "pad_token": specials[T.PAD], "model_max_length": max_positions,
+
+
+def fast_tokenizer_files(spec, tok, max_positions, fill_mask):
+    """tokenizer.json and tokenizer_config.json for transformers' fast tokenizer, encoding as tokenizer.py
+    does: [CLS] A [SEP] (B [SEP]), token type 1 for B. spec: the vocabulary's tokenizer.json as a dict.
+    fill_mask (a pretraining export): "[MASK]" in the text is the mask and, in a byte-level vocabulary,
+    takes one space before it, as encode_masked does. The other specials follow transformers' rule:
+    written in the text, they are those tokens. Else (a classifier) every special written in the text is
+    plain text, as in finetune.py."""
+    name = {i: t for t, i in tok.tok.get_vocab(with_added_tokens=True).items()} if hasattr(tok, "tok") else tok.names
+    spec = {**spec, "truncation": None, "padding": None}
+    if fill_mask and spec["normalizer"] is None:  # byte-level: the text is not normalised otherwise
+        # one space before a [MASK] goes (lstrip=True would take tabs, newlines and runs of spaces too);
+        # [MASK] is then found in the normalized text, the other specials in the raw text
+        spec["normalizer"] = {"type": "Replace", "pattern": {"String": " " + tokenization.MASK_TOKEN},
+                              "content": tokenization.MASK_TOKEN}
+        spec["added_tokens"] = [{**t, "normalized": t["content"] == tokenization.MASK_TOKEN} for t in spec["added_tokens"]]
+    seq = lambda part, type_id: {"Sequence": {"id": part, "type_id": type_id}}
+    special = lambda i, type_id: {"SpecialToken": {"id": name[i], "type_id": type_id}}
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [special(tok.cls, 0), seq("A", 0), special(tok.sep, 0)],
+        "pair": [special(tok.cls, 0), seq("A", 0), special(tok.sep, 0), seq("B", 1), special(tok.sep, 1)],
+        "special_tokens": {name[i]: {"id": name[i], "ids": [i], "tokens": [name[i]]} for i in (tok.cls, tok.sep)}}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "cls_token": name[tok.cls], "sep_token": name[tok.sep],
+              "mask_token": name[tok.mask], "pad_token": name[tok.pad], "model_max_length": max_positions,
               "split_special_tokens": not fill_mask, "padding_side": "right", "clean_up_tokenization_spaces": False,
               "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
-    return {"tokenizer.json": json.dumps(tokenizer, ensure_ascii=False).encode(),
-            "tokenizer_config.json": to_json(config)}
+    return {"tokenizer.json": json.dumps(spec, ensure_ascii=False).encode(), "tokenizer_config.json": to_json(config)}
 
 
-def wordpiece_tokenizer_files(run_dir, max_positions):
-    """The run's own vocab.txt, with the casing finetune.py's tokenizer used, for transformers' BertTokenizer."""
-    tok = tokenization.get_tokenizer(run_dir)
-    with open(os.path.join(run_dir, "vocab.txt"), "rb") as f:
-        vocab = f.read()
+def wordpiece_tokenizer_files(tok, max_positions, fill_mask):
+    """A BERT's own vocab.txt, with the casing it was used with, for transformers' BertTokenizer. Specials
+    written in the text as fast_tokenizer_files has them: text in a classifier, tokens in fill-mask."""
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": tok.lowercase, "model_max_length": max_positions,
               "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
-              "pad_token": "[PAD]", "tokenize_chinese_chars": True, "strip_accents": None}
-    return {"vocab.txt": vocab, "tokenizer_config.json": to_json(config)}, tok.pad
+              "pad_token": "[PAD]", "tokenize_chinese_chars": True, "strip_accents": None,
+              "split_special_tokens": not fill_mask}
+    return {"vocab.txt": tok.vocab_txt(), "tokenizer_config.json": to_json(config)}
+
+
+def tokenizer_files(tok, max_positions, fill_mask):
+    """The checkpoint's vocabulary as transformers reads it."""
+    if tok.name == "wordpiece":
+        return wordpiece_tokenizer_files(tok, max_positions, fill_mask)
+    spec = gpt2_tokenizer_json(tok) if tok.name == "gpt2" else json.loads(tok.tok.to_str())
+    return fast_tokenizer_files(spec, tok, max_positions, fill_mask)
 
 
 # -----------------------------------------------------------------------------
@@ -260,12 +267,13 @@ def finetuning_rows(ckpt, records):
             (f"validation ({ckpt.get('metric', '?')} picks the epoch)", scores)]
 
 
-def model_card(ckpt, model, records, name):
+def model_card(ckpt, model, tok, records, name):
     """README.md: what the model is, what it was trained on, for how long, how well it did, how to use it."""
     c, pretraining = model.config, ckpt["kind"] == "pretraining"
-    vocab = ("GPT-2 BPE (tiktoken's gpt2) + [CLS] [SEP] [MASK] [PAD]; ids 50261 and up are unused padding rows"
-             if ckpt.get("tokenizer", "gpt2") == "gpt2" else
-             "WordPiece, the vocab.txt of the HuggingFace checkpoint it was fine-tuned from")
+    vocab = {"gpt2": "GPT-2 BPE (tiktoken's gpt2) + [CLS] [SEP] [MASK] [PAD]",
+             "wordpiece": "WordPiece, the vocab.txt of the HuggingFace BERT it started from",
+             "tokenizer.json": "byte-level BPE, its tokenizer.json" if tok.byte_level else "its tokenizer.json"}[tok.name]
+    vocab += f", {tok.n_ids:,} ids" + (f"; ids {tok.n_ids:,} and up are unused padding rows" if c.vocab_size > tok.n_ids else "")
     rows = [("model", f"BERT, {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, feed-forward {c.ffn}, "
                       f"{c.max_positions} positions; {model.num_params() / 1e6:.2f}M parameters"),
             ("vocabulary", f"{vocab}; {c.vocab_size} embedding rows")]
@@ -273,7 +281,8 @@ def model_card(ckpt, model, records, name):
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if pretraining:
         use = (f'fill = pipeline("fill-mask", model="{name}")\n'
-               'fill("the [MASK] sat on the mat.")  # a [MASK] is one GPT-2 token, with the space before it')
+               'fill("the [MASK] sat on the mat.")' + ("  # a [MASK] is one token, with the space before it"
+                                                       if tok.name != "wordpiece" else ""))
     else:
         use = (f'classify = pipeline("text-classification", model="{name}", truncation=True)\n'
                'classify("a text")  # or {"text": "first", "text_pair": "second"}'
@@ -305,13 +314,11 @@ def main(argv=None):
 
     # everything is built before anything is written
     c = model.config
-    if ckpt.get("tokenizer", "gpt2") == "gpt2":
-        files, pad_id = gpt2_tokenizer_files(c.max_positions, ckpt["kind"] == "pretraining"), tokenization.PAD
-    else:
-        files, pad_id = wordpiece_tokenizer_files(run_dir, c.max_positions)
-    files["README.md"] = model_card(ckpt, model, runtime.read_log(os.path.join(run_dir, "log.jsonl")),
+    tok = tokenization.for_checkpoint(ckpt, run_dir)
+    files = tokenizer_files(tok, c.max_positions, ckpt["kind"] == "pretraining")
+    files["README.md"] = model_card(ckpt, model, tok, runtime.read_log(os.path.join(run_dir, "log.jsonl")),
                                     os.path.basename(os.path.normpath(out_dir)))
-    files["config.json"] = to_json(hf_config(ckpt, c, pad_id))
+    files["config.json"] = to_json(hf_config(ckpt, c, tok.pad))
     weights = safetensors_writer(to_hf_state_dict(model.state_dict()))
 
     os.makedirs(out_dir, exist_ok=True)

@@ -399,12 +399,10 @@ def default_learning_rate(n_embd):
 def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto", need_head=False):
     """A BertForSequenceClassification with n_labels outputs starting from init_from, and the tokenizer
     that belongs to it. The classifier head is kept only from a checkpoint fine-tuned here on the same
-    labels with the same pooling (need_head: or stop). Returns (model, tokenizer, the folder whose
-    vocabulary file a fine-tuned checkpoint keeps beside it, or None for GPT-2's)."""
+    labels with the same pooling (need_head: or stop). Returns (model, tokenizer)."""
     if is_our_checkpoint(init_from):
         ckpt = runtime.load_checkpoint(init_from)
-        folder = runtime.run_folder(init_from)
-        folder = None if ckpt["tokenizer"] == "gpt2" else folder  # fine-tuned from HF: its vocabulary beside it
+        tok = tokenization.for_checkpoint(ckpt, runtime.run_folder(init_from))
         config = BertConfig(**ckpt["model_config"])
         if pooling == "auto":  # a fine-tuned checkpoint keeps its own
             pooling = ckpt.get("pooling", "cls")
@@ -425,12 +423,11 @@ def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto",
             raise SystemExit(str(e))
         config, weights = encoder.config, {f"bert.{k}": v for k, v in encoder.state_dict().items()}
         pooling = "cls" if pooling == "auto" else pooling  # BERT's trained pooler, as in the paper
-    tok = tokenization.get_tokenizer(folder)
-    if tok.vocab_size > config.vocab_size:
-        raise SystemExit(f"{init_from}: its tokenizer ({tok.name}) has {tok.vocab_size} ids but the model's embedding "
+        tok = tokenization.get_tokenizer(folder)
+    if tok.n_ids > config.vocab_size:
+        raise SystemExit(f"{init_from}: its tokenizer ({tok.name}) has {tok.n_ids} ids but the model's embedding "
                          f"table only {config.vocab_size} rows: the weights and the vocabulary do not belong together. "
-                         "A HuggingFace folder needs its own vocab.txt or tokenizer.json; our checkpoints use GPT-2's "
-                         "(vocab_size=50304)")
+                         "A HuggingFace folder needs its own vocab.txt or tokenizer.json")
     if block_size > config.max_positions:
         raise SystemExit(f"block_size={block_size} is longer than {init_from} has positions for ({config.max_positions})")
     model = BertForSequenceClassification(replace(config, dropout=dropout), n_labels, pooling)
@@ -441,15 +438,17 @@ def load_model(init_from, labels, n_labels, dropout, block_size, pooling="auto",
     if unexpected or [k for k in missing if not k.startswith("classifier.")]:
         raise SystemExit(f"the weights in {init_from} do not fit this model.py ({(unexpected + missing)[:3]}); "
                          "was it written by another version?")
-    return model, tok, folder
+    return model, tok
 
 
-def copy_vocabulary(folder, out_dir, tokenizer):
-    """Keep a HuggingFace vocabulary beside the fine-tuned checkpoint, so out_dir is self-contained."""
-    name = "tokenizer.json" if tokenizer.name == "tokenizer.json" else "vocab.txt"
-    with open(os.path.join(folder, name), "rb") as f:
-        runtime.write_bytes(os.path.join(out_dir, name), f.read())
-    if tokenizer.name == "wordpiece":  # the casing the tokenizer settled on, even where the folder only implied it
+def write_vocabulary(out_dir, tokenizer):
+    """Beside the checkpoint (which carries it too), a vocabulary other than GPT-2's as the files it came in."""
+    if tokenizer.name == "tokenizer.json":
+        runtime.write_bytes(os.path.join(out_dir, "tokenizer.json"), tokenizer.tok.to_str().encode())
+    if tokenizer.name == "wordpiece":  # with its casing, so that the folder reads as it was used
+        runtime.write_bytes(os.path.join(out_dir, "vocab.txt"), tokenizer.vocab_txt())
+        runtime.write_bytes(os.path.join(out_dir, "tokenizer_config.json"),
+                            json.dumps({"do_lower_case": tokenizer.lowercase}).encode())  # the casing the tokenizer settled on, even where the folder only implied it
         runtime.write_bytes(os.path.join(out_dir, "tokenizer_config.json"),
                             json.dumps({"do_lower_case": tokenizer.lowercase}).encode())
 
@@ -584,7 +583,7 @@ def evaluate_only(cfg, given, local_rank, rank, world_size, say):
     names = ckpt["labels"]  # the checkpoint, not the data, fixes the labels and their ids
     splits.pop("train", None)
     dev, _, ctx, _ = runtime.setup(cfg.device, cfg.dtype, local_rank)
-    model, tok, _ = load_model(cfg.init_from, names, 1 if names is None else len(names), cfg.dropout, cfg.block_size,
+    model, tok = load_model(cfg.init_from, names, 1 if names is None else len(names), cfg.dropout, cfg.block_size,
                                cfg.pooling, need_head=True)
     data = tokenize_splits(tok, splits, where, cols, names, cfg.block_size, say)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -615,7 +614,7 @@ def main(argv=None):
     n_labels, metric_name = task_metric(names, metric_name)
     dev, device_type, ctx, scaler = runtime.setup(cfg.device, cfg.dtype, local_rank)
     torch.manual_seed(cfg.seed)  # the same fresh head on every process
-    raw_model, tok, vocab_folder = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling)
+    raw_model, tok = load_model(cfg.init_from, names, n_labels, cfg.dropout, cfg.block_size, cfg.pooling)
     data = tokenize_splits(tok, splits, where, cols, names, cfg.block_size, say)
     learning_rate = cfg.learning_rate or default_learning_rate(raw_model.config.n_embd)
     say(f"task {cfg.task or 'custom'}: {'regression' if names is None else f'{n_labels} classes'}, best epoch by "
@@ -694,12 +693,11 @@ def main(argv=None):
         if master:
             runtime.write_log(log_file, {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in scores.items()}})
         if improved and master:
-            if vocab_folder:
-                copy_vocabulary(vocab_folder, cfg.out_dir, tok)
+            write_vocabulary(cfg.out_dir, tok)
             runtime.save_checkpoint({
                 "kind": "finetuning", "model": raw_model.state_dict(), "model_config": asdict(raw_model.config),
                 "n_labels": n_labels, "labels": names,  # class names in id order; None for regression
-                "pooling": raw_model.pooling, "task": cfg.task or "custom", "tokenizer": tok.name,
+                "pooling": raw_model.pooling, "task": cfg.task or "custom", **tokenization.carried(tok),
                 "init_from": cfg.init_from, "metric": metric_name, "best_val_metric": best, "val_metrics": scores,
                 "epoch": epoch + 1, "step": step, "config": vars(cfg) | {"learning_rate": learning_rate},
             }, ckpt_path)

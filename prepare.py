@@ -6,15 +6,23 @@ Turn a text corpus into the token files that train.py reads.
     python prepare.py --files "corpus/*.txt"               # a document = a blank-line separated paragraph
     python prepare.py --files "books/**/*.txt" --doc_per_file   # a document = a whole file
     python prepare.py --jsonl "dump/*.jsonl" --text_column content
+    python prepare.py --files "de/*.txt" --vocab_size=16384          # a vocabulary trained on this corpus
+    python prepare.py --files "med/*.txt" --tokenizer=bert-folder     # a BERT's own WordPiece vocabulary
 
-Every source goes through HuggingFace `datasets`, is tokenised with GPT-2 BPE (tokenizer.py) in
-parallel processes and streamed to disk in bounded memory. The output folder holds:
+Every source goes through HuggingFace `datasets`, is tokenised in parallel processes and streamed to
+disk in bounded memory. The vocabulary is GPT-2's BPE (tiktoken) unless --vocab_size trains a
+byte-level BPE on the training documents, or --tokenizer names one (a tokenizer.json made here, or a
+HuggingFace BERT folder, whose weights train.py --init_from=<folder> then trains on on this corpus).
+The output folder holds:
 
     train.bin, val.bin            uint16 token stream: doc0 EOT doc1 EOT ... docN EOT
     train_docs.npy, val_docs.npy  int64 offsets, n_docs + 1 of them: document i is the tokens
                                   [offs[i], offs[i+1] - 1), its EOT sits at offs[i+1] - 1
+    tokenizer.json                the vocabulary, unless it is GPT-2's
     meta.json                     tokenizer, special ids, counts and source; written last, so a
                                   folder without it holds an interrupted run
+
+EOT is the vocabulary's document separator: <|endoftext|>, or [SEP] in a BERT's WordPiece.
 
 A run that stops early (bad input, a full disk, Ctrl-C) says why in one line and leaves the folder
 as it was.
@@ -39,11 +47,11 @@ import time
 
 import numpy as np
 
-from tokenizer import CLS, EOT, MASK, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+import tokenizer as tokenization
 
 DEFAULT_DATASET = "roneneldan/TinyStories"  # what config/bert_tiny.py trains on (data/tinystories)
 SPLITS = ("train", "val")
-OUTPUTS = [f"{s}{ext}" for s in SPLITS for ext in (".bin", "_docs.npy")] + ["meta.json"]
+OUTPUTS = [f"{s}{ext}" for s in SPLITS for ext in (".bin", "_docs.npy")] + ["tokenizer.json", "meta.json"]
 CTRL_C_GRACE_S = 10  # after a Ctrl-C, the seconds datasets' pools get to wind down before they are killed
 
 
@@ -62,8 +70,16 @@ def parse_args(argv=None):
                    help="fraction of documents held out for validation when there is no validation split")
     p.add_argument("--text_column", default="text", help="column (JSON field) that holds the text")
     p.add_argument("--doc_per_file", action="store_true", help="with --files: each file is one document")
-    p.add_argument("--out_dir", help="output folder (default data/<dataset name, lowercased>)")
+    p.add_argument("--out_dir", help="output folder (default data/<dataset name, lowercased>, and -8k for --vocab_size=8192)")
     p.add_argument("--overwrite", action="store_true", help="replace bins already in --out_dir")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab_size", type=int, default=0,
+                       help=f"train a byte-level BPE of this many ids ({tokenization.MIN_VOCAB:,} to "
+                            f"{tokenization.MAX_VOCAB:,}, e.g. 8192 or 32768) on the training documents; "
+                            "default: GPT-2's")
+    vocab.add_argument("--tokenizer", metavar="PATH",
+                       help="tokenise with this vocabulary: a tokenizer.json (another data folder's), or a "
+                            "HuggingFace BERT folder (vocab.txt or tokenizer.json) to continue its pretraining")
     p.add_argument("--num_proc", type=int, default=len(os.sched_getaffinity(0)), help="tokenizer processes")
     p.add_argument("--cache_dir", help="where datasets keeps its Arrow copy of the corpus (default: its own cache)")
     args = p.parse_args(argv)
@@ -76,10 +92,14 @@ def parse_args(argv=None):
         p.error("--val_fraction must be in [0, 1)")
     if args.num_proc < 1:
         p.error("--num_proc must be at least 1")
+    if args.vocab_size and not tokenization.MIN_VOCAB <= args.vocab_size <= tokenization.MAX_VOCAB:
+        p.error(f"--vocab_size must be in [{tokenization.MIN_VOCAB:,}, {tokenization.MAX_VOCAB:,}] (the bins hold "
+                f"uint16 ids), got {args.vocab_size:,}")
     if not (args.files or args.jsonl or args.dataset):
         args.dataset = DEFAULT_DATASET
     if args.out_dir is None:
-        args.out_dir = os.path.join("data", default_name(args))
+        size = args.vocab_size and (f"{args.vocab_size // 1024}k" if args.vocab_size % 1024 == 0 else str(args.vocab_size))
+        args.out_dir = os.path.join("data", default_name(args) + (f"-{size}" if size else ""))
     return args
 
 
@@ -272,23 +292,55 @@ def select_splits(dd, args):
     return parts
 
 
-_tok = None
+_tokenizers = {}  # per process: a worker builds the tokenizer once, from the text of its vocabulary
 
 
-def tokenize_batch(batch, indices, text_column, val_fraction):
+def worker_tokenizer(vocabulary):
+    """vocabulary: 'gpt2', or the text of a tokenizer.json."""
+    if vocabulary not in _tokenizers:
+        _tokenizers[vocabulary] = tokenization.GPT2Tokenizer() if vocabulary == "gpt2" else \
+            tokenization.JSONTokenizer(vocabulary, "the vocabulary")
+    return _tokenizers[vocabulary]
+
+
+def training_texts(parts, text_column, batch_size=1000):
+    """The training documents, in batches, for training a vocabulary: never the held-out ones."""
+    for ds, fraction in parts:
+        if fraction == 1.0:
+            continue
+        for start in range(0, len(ds), batch_size):
+            texts = ds[start:start + batch_size][text_column]
+            held = held_out(range(start, start + len(texts)), fraction)
+            yield [t.strip() for t, h in zip(texts, held) if t and t.strip() and not h]
+
+
+def get_vocabulary(args, parts):
+    """GPT-2's, the one --tokenizer names, or one trained on the training documents (--vocab_size)."""
+    if args.tokenizer:
+        tok = tokenization.from_path(args.tokenizer)
+        if tok.n_ids > tokenization.MAX_VOCAB:
+            raise SystemExit(f"--tokenizer {args.tokenizer} has {tok.n_ids:,} ids, more than the {tokenization.MAX_VOCAB:,} "
+                             "that uint16 bins can hold")
+        return tok
+    if args.vocab_size:
+        n = sum(len(ds) for ds, fraction in parts if fraction < 1)
+        print(f"training a {args.vocab_size:,}-id byte-level BPE on the training documents")
+        return tokenization.train_bpe(training_texts(parts, args.text_column), args.vocab_size, n)
+    return tokenization.GPT2Tokenizer()
+
+
+def tokenize_batch(batch, indices, text_column, val_fraction, vocabulary):
     """datasets.map function: a pyarrow batch of documents -> one row per non-empty document, holding
     its tokens followed by EOT, and whether it goes to validation."""
     import pyarrow as pa
 
-    global _tok
-    if _tok is None:
-        _tok = GPT2Tokenizer()  # once per worker process
+    tok = worker_tokenizer(vocabulary)
     docs, kept = [], []
     for i, text in zip(indices, batch.column(text_column).to_pylist()):
         text = text.strip() if text else ""
         if text:
-            ids = _tok.encode(text)  # encode_ordinary: "<|endoftext|>" or "[MASK]" in the text stays text
-            ids.append(EOT)
+            ids = tok.encode(text)  # "<|endoftext|>" or "[MASK]" in the text stays text
+            ids.append(tok.eot)
             docs.append(np.array(ids, dtype=np.uint16))  # 2 bytes a token from here on, not a Python int's ~30
             kept.append(i)
     # one flat array plus offsets: converting a list of lists to Arrow directly costs a third of the time.
@@ -299,12 +351,13 @@ def tokenize_batch(batch, indices, text_column, val_fraction):
     return pa.table({"ids": pa.LargeListArray.from_arrays(offsets, flat), "val": held_out(kept, val_fraction)})
 
 
-def tokenize(parts, args, cache_prefix):
+def tokenize(parts, args, tok, cache_prefix):
+    vocabulary = "gpt2" if tok.name == "gpt2" else tok.tok.to_str()
     tokenized = []
     for k, (ds, fraction) in enumerate(parts):
         tokenized.append(ds.with_format("arrow").map(
             tokenize_batch, batched=True, with_indices=True, remove_columns=ds.column_names,
-            fn_kwargs=dict(text_column=args.text_column, val_fraction=fraction),
+            fn_kwargs=dict(text_column=args.text_column, val_fraction=fraction, vocabulary=vocabulary),
             num_proc=min(args.num_proc, len(ds)) if len(ds) > 1 else None,
             # a scratch file, deleted at the end, never a stale cache from another run
             cache_file_name=f"{cache_prefix}{k}.arrow", load_from_cache_file=False,
@@ -434,21 +487,30 @@ def prepare(args):
 
     previous_handler, stop_timer = handle_ctrl_c(end_now, CTRL_C_GRACE_S)
     try:
-        GPT2Tokenizer()  # fails here, once, offline without its files; forked workers inherit tiktoken's loaded copy
+        if not (args.vocab_size or args.tokenizer):
+            tokenization.GPT2Tokenizer()  # fails here, once, offline without its files
+        elif args.tokenizer:
+            tokenization.from_path(args.tokenizer)  # a bad path or a damaged file, before the corpus is read
+        else:
+            tokenization._tokenizers("training a vocabulary (--vocab_size)")
         os.makedirs(scratch, exist_ok=True)
         dd, source, bad_bytes = load_corpus(args)
         parts = select_splits(dd, args)
         source.update(split=args.split, val_split=args.val_split if len(parts) == 2 else None,
                       val_fraction=None if len(parts) == 2 else args.val_fraction)
+        tok = get_vocabulary(args, parts)
         t1 = time.time()
-        tokenized = tokenize(parts, args, os.path.join(scratch, "tokens"))
+        tokenized = tokenize(parts, args, tok, os.path.join(scratch, "tokens"))
         t2 = time.time()
         n_rows = sum(len(ds) for ds, _ in parts)
         n_docs = count_docs(tokenized, what=args.dataset or " ".join(args.files or args.jsonl))
         n_tokens = write_bins(tokenized, n_docs, tmp)
+        if tok.name != "gpt2":
+            with open(tmp["tokenizer.json"], "w", encoding="utf-8") as f:
+                f.write(tok.tok.to_str())
         meta = dict(
-            tokenizer=GPT2Tokenizer.name, vocab_size=VOCAB_SIZE, dtype="uint16",
-            special_ids=dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD),
+            tokenizer=tok.name, vocabulary=tok.identity(), vocab_size=tok.rows, n_ids=tok.n_ids, dtype="uint16",
+            special_ids=tok.specials(),
             train_tokens=n_tokens["train"], val_tokens=n_tokens["val"],  # EOTs included
             train_docs=n_docs["train"], val_docs=n_docs["val"],
             empty_docs_skipped=n_rows - n_docs["train"] - n_docs["val"],
@@ -467,7 +529,10 @@ def prepare(args):
         if os.path.exists(os.path.join(args.out_dir, "meta.json")):
             os.remove(os.path.join(args.out_dir, "meta.json"))
         for f in OUTPUTS:
-            os.replace(tmp[f], os.path.join(args.out_dir, f))
+            if os.path.exists(tmp[f]):
+                os.replace(tmp[f], os.path.join(args.out_dir, f))
+            elif os.path.exists(os.path.join(args.out_dir, f)):  # GPT-2 over a trained vocabulary's folder
+                os.remove(os.path.join(args.out_dir, f))
     except BaseException as e:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
         if interrupted(e):

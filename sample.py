@@ -1,13 +1,15 @@
 """
-Fill in [MASK]s with a pretrained BERT: one of ours (out_dir/ckpt.pt, GPT-2 BPE) or HuggingFace weights.
+Fill in [MASK]s with a pretrained BERT: one of ours (out_dir/ckpt.pt, with the vocabulary it carries) or
+HuggingFace weights.
 
     python sample.py --text "the [MASK] sat on the mat."
     python sample.py --out_dir=out-tiny --text "one [MASK] three" --text "[MASK] is the capital of France."
     python sample.py --file=sentences.txt --top_k=10          # one text per line
     python sample.py --init_from=bert-base-uncased --text "paris is the [MASK] of france."
 
-With GPT-2 BPE a [MASK] stands for one whole token including the space before it (" cat" is one
-token), exactly as in pretraining: "the [MASK] sat" is encoded as "the", [MASK], " sat".
+With a byte-level BPE (GPT-2's or one trained by prepare.py) a [MASK] stands for one whole token
+including the space before it (" cat" is one token), exactly as in pretraining: "the [MASK] sat" is
+encoded as "the", [MASK], " sat".
 """
 import argparse
 import glob
@@ -34,13 +36,10 @@ def load_model(out_dir="out", init_from=None, device="cpu"):
         tok = tokenization.get_tokenizer(folder)
     else:
         ckpt = runtime.load_checkpoint(out_dir, kinds=("pretraining",))  # a fine-tuned model has no MLM head
-        if ckpt["tokenizer"] != "gpt2":
-            raise SystemExit(f"{out_dir} was trained with tokenizer {ckpt['tokenizer']!r}; sample.py "
-                             "reads our GPT-2 checkpoints (use --init_from for HuggingFace folders)")
         model = runtime.model_from_checkpoint(ckpt, out_dir)
-        tok = tokenization.get_tokenizer()
-    if tok.vocab_size > model.config.vocab_size:
-        raise SystemExit(f"tokenizer has {tok.vocab_size} ids but the model only {model.config.vocab_size}")
+        tok = tokenization.for_checkpoint(ckpt, runtime.run_folder(out_dir))
+    if tok.n_ids > model.config.vocab_size:
+        raise SystemExit(f"tokenizer has {tok.n_ids} ids but the model only {model.config.vocab_size}")
     model.eval()
     return model.to(device), tok
 
@@ -70,7 +69,7 @@ def fill_mask(model, tok, rows, top_k=5, batch_size=32):
     probabilities taken over the text tokens only."""
     device = next(model.parameters()).device
     V = model.config.vocab_size
-    not_text = torch.tensor([not tok.is_text(i) for i in range(V)], device=device)
+    not_text = torch.from_numpy(~tok.text_mask(V)).to(device)
     top_k = min(top_k, V - int(not_text.sum()))
     out = []
     for b in range(0, len(rows), batch_size):

@@ -6,11 +6,13 @@ or many (torchrun, one node or several).
     torchrun --nproc_per_node=8 train.py                 # BERT-base, the defaults below
     python train.py config/bert_tiny.py --init_from=resume   # continue out_dir/ckpt.pt exactly
     python train.py --help                               # every setting, its default and what it does
+    python train.py --init_from=bert-folder --data_dir=data/mine-bert   # go on pretraining real BERT weights
 
-Data comes from prepare.py: a uint16 token stream and document offsets. Every batch is built on the
-fly (sentence pairs, dynamic masking) and is a pure function of (seed, step, micro-step, rank), so a
-resumed run sees exactly the batches the uninterrupted run would have seen without saving any
-data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
+Data comes from prepare.py: a uint16 token stream, document offsets and the vocabulary (GPT-2's, or
+the tokenizer.json beside the bins), which sets the model's vocab_size and special ids; every
+checkpoint carries it. Every batch is built on the fly (sentence pairs, dynamic masking) and is a
+pure function of (seed, step, micro-step, rank), so a resumed run sees exactly the batches the
+uninterrupted run would have seen without saving any data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
 A resumed run takes its settings from the checkpoint; the command line may change how it runs
 (logging, evaluation, device, batch_size), extend max_steps or move on to longer sequences, never
 the recipe (learning rate, seed, masking, model shape).
@@ -29,15 +31,15 @@ import torch.nn.functional as F
 
 import runtime
 from configurator import read_settings, require
-from model import BertConfig, BertForPreTraining, gather_masked, max_predictions_for
-from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+import tokenizer as tokenization
+from model import BertConfig, BertForPreTraining, gather_masked, looks_local, max_predictions_for, resolve_checkpoint
 
 # -----------------------------------------------------------------------------
 # Settings. The defaults are the BERT-base recipe (Devlin et al. 2018, appendix A.2) for
 # `torchrun --nproc_per_node=8 train.py`; config/*.py files and --key=value flags override them.
 # I/O
 out_dir = "out"              # where ckpt.pt and log.jsonl go
-init_from = "scratch"        # 'scratch' or 'resume' (out_dir/ckpt.pt, with the settings it was trained with)
+init_from = "scratch"        # 'scratch', 'resume' (out_dir/ckpt.pt, with the settings it was trained with), or a HuggingFace BERT (folder or hub name) to go on pretraining on data prepared with its vocabulary
 overwrite = False            # let a scratch run replace a checkpoint already in out_dir
 eval_interval = 2000         # steps between evaluations; each one saves out_dir/ckpt.pt
 eval_iters = 100             # validation batches per evaluation, the same ones every time
@@ -47,7 +49,7 @@ wandb_log = False            # also log to Weights & Biases (needs `pip install 
 wandb_project = "bert"
 wandb_run_name = "bert-base"
 # data
-data_dir = "data/wikipedia"  # prepare.py's output, e.g. python prepare.py --dataset wikimedia/wikipedia --config 20231101.en
+data_dir = "data/wikipedia"  # prepare.py's output, e.g. python prepare.py --dataset wikimedia/wikipedia --config 20231101.en; its vocabulary is the model's
 block_size = 512             # tokens per sequence, [CLS] and [SEP]s included
 batch_size = 32              # sequences per micro-step and process
 tokens_per_step = 256 * 512  # per optimizer step over all processes: BERT's 256 sequences of 512
@@ -95,8 +97,9 @@ def check_settings(cfg, world_size=1):
     """Everything wrong with the settings, as messages (empty when they are fine). Types were checked
     when they were read; these are ranges, choices and how the settings fit together."""
     p = []
-    if cfg.init_from not in ("scratch", "resume"):
-        p.append(f"init_from must be 'scratch' or 'resume', got {cfg.init_from!r}")
+    if cfg.init_from not in ("scratch", "resume") and looks_local(cfg.init_from) and not os.path.isdir(cfg.init_from):
+        p.append(f"init_from must be 'scratch', 'resume' or a HuggingFace BERT (a folder or a hub name); there is no "
+                 f"folder {cfg.init_from} here")
     for name in ("eval_interval", "eval_iters", "log_interval", "batch_size", "tokens_per_step", "max_steps",
                  "n_layer", "n_head", "n_embd", "max_positions"):
         if getattr(cfg, name) < 1:
@@ -165,7 +168,7 @@ def resumed_settings(cfg, given, ckpt, path, say=print):
 # Data: prepare.py's bins, sentence pairs, packed text, dynamic masking
 
 def check_data(data_dir):
-    """One clear message if data_dir does not hold prepare.py's output for our GPT-2 vocabulary."""
+    """prepare.py's meta.json for data_dir and its vocabulary (a tokenizer), or one clear message."""
     if not os.path.isdir(data_dir):
         raise SystemExit(f"data_dir={data_dir!r} does not exist: check the name, or prepare a corpus there first, e.g. "
                          f"`python prepare.py --files \"my_texts/*.txt\" --out_dir {data_dir}`")
@@ -181,20 +184,25 @@ def check_data(data_dir):
         raise SystemExit(f"{data_dir}/meta.json is unreadable ({e}): re-run prepare.py for this folder")
     if not isinstance(meta, dict):
         raise SystemExit(f"{data_dir}/meta.json is not prepare.py's (not a JSON object): re-run prepare.py")
-    want = dict(tokenizer=GPT2Tokenizer.name, vocab_size=VOCAB_SIZE, dtype="uint16",
-                special_ids=dict(eot=EOT, cls=CLS, sep=SEP, mask=MASK, pad=PAD))
+    if meta.get("tokenizer", "gpt2") != "gpt2" and not os.path.isfile(os.path.join(data_dir, "tokenizer.json")):
+        raise SystemExit(f"{data_dir} lacks tokenizer.json, the {meta.get('tokenizer')} vocabulary its bins were made "
+                         "with: copy it back, or re-run prepare.py for this folder")
+    tok = tokenization.from_data(data_dir, meta)
+    want = dict(vocab_size=tok.rows, dtype="uint16", special_ids=tok.specials())
     wrong = {k: meta.get(k) for k, v in want.items() if meta.get(k) != v}
     if wrong:
-        raise SystemExit(f"{data_dir} was prepared for another vocabulary ({wrong}, expected "
-                         f"{ {k: want[k] for k in wrong} }): re-run prepare.py with this tokenizer.py")
-    return meta
+        raise SystemExit(f"{data_dir}/meta.json does not match its vocabulary ({wrong}, expected "
+                         f"{ {k: want[k] for k in wrong} }): re-run prepare.py for this folder")
+    return meta, tok
 
 
 class Corpus:
     """One split of prepare.py's output: {split}.bin, uint16 tokens with every document followed by EOT,
-    and {split}_docs.npy, int64 offsets: document i is tokens[offs[i] : offs[i+1] - 1]."""
+    and {split}_docs.npy, int64 offsets: document i is tokens[offs[i] : offs[i+1] - 1]. vocab: its
+    tokenizer, whose specials the rows are built with."""
 
-    def __init__(self, data_dir, split):
+    def __init__(self, data_dir, split, vocab):
+        self.vocab = vocab
         self.path = os.path.join(data_dir, f"{split}.bin")
         size = os.path.getsize(self.path)
         if size % 2:
@@ -208,7 +216,7 @@ class Corpus:
         if offs.dtype.kind not in "iu" or offs.ndim != 1 or len(offs) < 2 or offs[0] != 0 or offs[-1] != n_tokens or np.any(np.diff(offs) < 1):
             raise SystemExit(f"{data_dir}: {split}_docs.npy does not match {split}.bin: re-run prepare.py")
         ends = offs[1:][np.linspace(0, len(offs) - 2, min(len(offs) - 1, 10_000)).astype(np.int64)] - 1
-        if np.any(self.tokens()[ends] != EOT):  # a sample of documents is enough to catch mixed-up files
+        if np.any(self.tokens()[ends] != vocab.eot):  # a sample of documents is enough to catch mixed-up files
             raise SystemExit(f"{data_dir}: documents in {split}.bin do not end with EOT where {split}_docs.npy "
                              "says: the files are from different runs; re-run prepare.py")
         self.n_tokens = n_tokens
@@ -258,9 +266,10 @@ def nsp_rows(corpus, rng, B, T):
     in_a, in_b = (t >= 1) & (t < sep1), (t > sep1) & (t < sep2)
     src = np.where(in_a, s[:, None] + t - 1, b_start[:, None] + t - sep1 - 1)  # (B, T) index into the bin
     text = corpus.tokens()[np.where(in_a | in_b, src, 0)].astype(np.int64)
-    idx = np.where(in_a | in_b, text, PAD)
-    idx[:, 0] = CLS
-    idx[(t == sep1) | (t == sep2)] = SEP
+    v = corpus.vocab
+    idx = np.where(in_a | in_b, text, v.pad)
+    idx[:, 0] = v.cls
+    idx[(t == sep1) | (t == sep2)] = v.sep
     token_type_ids = ((t > sep1) & (t <= sep2)).astype(np.int64)
     attention_mask = t <= sep2
     return idx, token_type_ids, attention_mask, is_random.astype(np.int64)
@@ -275,30 +284,20 @@ def packed_rows(corpus, rng, B, T):
         raise SystemExit(f"{corpus.path} holds {corpus.n_tokens} tokens, fewer than one sequence of {T}")
     start = rng.integers(0, corpus.n_tokens - n + 1, B)
     text = corpus.tokens()[start[:, None] + np.arange(n)].astype(np.int64)  # (B, T-2)
-    text[text == EOT] = SEP
-    return np.concatenate([np.full((B, 1), CLS), text, np.full((B, 1), SEP)], axis=1)
+    v = corpus.vocab
+    text[text == v.eot] = v.sep
+    return np.concatenate([np.full((B, 1), v.cls), text, np.full((B, 1), v.sep)], axis=1)
 
 
-def word_boundaries():
-    """Per token id: does it start a word (its text begins with whitespace: GPT-2 BPE keeps a word's
-    leading space, " cat" vs "cat"), and does it end a line. For whole-word masking."""
-    enc = GPT2Tokenizer().enc
-    starts, ends_line = np.zeros(VOCAB_SIZE, bool), np.zeros(VOCAB_SIZE, bool)
-    for i in range(N_TEXT):
-        b = enc.decode_single_token_bytes(i)
-        starts[i], ends_line[i] = b[:1].isspace(), b.endswith(b"\n")
-    return starts, ends_line
-
-
-def mask_tokens(idx, rng, mask_prob, max_predictions, words=None):
+def mask_tokens(idx, rng, mask_prob, max_predictions, vocab, words=None):
     """Dynamic masking (BERT section 3.1). idx (B, T) int64. In each row m = max(1, round(mask_prob *
-    text tokens)) text tokens (ids < N_TEXT: never [CLS] [SEP] [PAD] EOT) are chosen; 80% become [MASK],
-    10% a random text token, 10% stay. With words = word_boundaries(), whole words are chosen as in
+    text tokens)) text tokens (vocab.is_text: never [CLS] [SEP] [PAD] EOT) are chosen; 80% become [MASK],
+    10% a random text token, 10% stay. With words = vocab.word_boundaries(), whole words are chosen as in
     google-research/bert: words in random order, each taken if it still fits within m, until m is
     reached. Returns (inputs, labels); labels hold the original token where one was chosen, else -100."""
     B, T = idx.shape
     rows = np.arange(B)[:, None]
-    is_text = idx < N_TEXT
+    is_text = vocab.is_text[idx]
     n_text = is_text.sum(1)
     m = np.minimum(np.maximum(np.rint(mask_prob * n_text), 1), np.minimum(n_text, max_predictions)).astype(np.int64)
     if words is None:
@@ -308,8 +307,8 @@ def mask_tokens(idx, rng, mask_prob, max_predictions, words=None):
         chosen = rank < m[:, None]
     else:
         starts, ends_line = words
-        prev = np.concatenate([np.full((B, 1), CLS), idx[:, :-1]], 1)
-        start = is_text & (starts[idx] | ends_line[prev] | (prev >= N_TEXT))  # after [CLS], [SEP], EOT: a new word
+        prev = np.concatenate([np.full((B, 1), vocab.cls), idx[:, :-1]], 1)
+        start = is_text & (starts[idx] | ends_line[prev] | ~vocab.is_text[prev])  # after [CLS], [SEP], EOT: a new word
         word = np.where(is_text, np.cumsum(start, 1) - 1, T)              # (B, T) word of each token; T: none
         length = np.zeros((B, T + 1), np.int64)
         np.add.at(length, (np.broadcast_to(rows, (B, T)), word), 1)
@@ -325,8 +324,9 @@ def mask_tokens(idx, rng, mask_prob, max_predictions, words=None):
             total += np.where(fits, length[:, j], 0)
         chosen = take[rows, word]
     u = rng.random((B, T))
-    inputs = np.where(chosen & (u < 0.8), MASK, idx)
-    inputs = np.where(chosen & (u >= 0.8) & (u < 0.9), rng.integers(0, N_TEXT, (B, T)), inputs)
+    inputs = np.where(chosen & (u < 0.8), vocab.mask, idx)
+    text_ids = vocab.text_ids()
+    inputs = np.where(chosen & (u >= 0.8) & (u < 0.9), text_ids[rng.integers(0, len(text_ids), (B, T))], inputs)
     labels = np.where(chosen, idx, -100)
     return inputs, labels
 
@@ -348,7 +348,7 @@ def get_batch(corpus, rng, batch_size, block_size, nsp, mask_prob, max_predictio
         idx, token_type_ids, attention_mask, nsp_labels = nsp_rows(corpus, rng, batch_size, block_size)
     else:
         idx, token_type_ids, attention_mask, nsp_labels = packed_rows(corpus, rng, batch_size, block_size), None, None, None
-    inputs, labels = mask_tokens(idx, rng, mask_prob, max_predictions, words)
+    inputs, labels = mask_tokens(idx, rng, mask_prob, max_predictions, corpus.vocab, words)
     t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))
     return dict(idx=t(inputs), token_type_ids=t(token_type_ids), attention_mask=t(attention_mask),
                 mlm_labels=t(labels), nsp_labels=t(nsp_labels))
@@ -418,6 +418,34 @@ def evaluate(model, corpus, cfg, P, words, ctx, device, rank=0, world_size=1):
     return summarize(sums, "val_")
 
 
+def same_vocabulary(theirs, ours, what, data_dir, hint):
+    """Stop unless the model (`theirs`: a checkpoint's or a HuggingFace folder's vocabulary) and the data
+    (`ours`) share one vocabulary: the same ids must mean the same tokens."""
+    if theirs.identity() != ours.identity():
+        raise SystemExit(f"{what} has another vocabulary ({theirs.name}, {theirs.n_ids:,} ids) than {data_dir} was "
+                         f"prepared with ({ours.name}, {ours.n_ids:,} ids): {hint}")
+
+
+def from_huggingface(cfg, vocab, say):
+    """The HuggingFace BERT that init_from names, with its heads, to go on pretraining on cfg.data_dir (domain-
+    adaptive pretraining, Gururangan et al. 2020). Its shape replaces the settings' (n_layer and the rest)."""
+    try:
+        folder = resolve_checkpoint(cfg.init_from)  # a hub name is downloaded
+        same_vocabulary(tokenization.get_tokenizer(folder), vocab, cfg.init_from, cfg.data_dir,
+                        f"prepare the corpus with its vocabulary, `python prepare.py ... --tokenizer={folder}`")
+        model = BertForPreTraining.from_pretrained(folder)
+    except (ValueError, ImportError) as e:
+        raise SystemExit(str(e))
+    c = model.config
+    if cfg.block_size > c.max_positions:
+        raise SystemExit(f"block_size={cfg.block_size} is longer than {cfg.init_from}'s {c.max_positions} positions")
+    say(f"from {cfg.init_from}: its weights, shape and vocabulary (n_layer, n_head, n_embd, max_positions, dropout "
+        "and bias come from its config.json)")
+    shape = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, max_positions=c.max_positions,
+                 dropout=c.dropout, bias=c.bias)
+    return model, type(cfg)(**vars(cfg) | shape)
+
+
 def open_log(path, resume_step, ckpt_path):
     """log.jsonl for appending (runtime.open_log). A resumed run first drops the lines written after its
     checkpoint (it does those steps again); a fresh run starts an empty log."""
@@ -442,7 +470,7 @@ def main(argv=None):
         ckpt = runtime.load_checkpoint(ckpt_path, kinds=("pretraining",))
         cfg = resumed_settings(cfg, given, ckpt, ckpt_path, say)
     require(check_settings(cfg, world_size))
-    if cfg.init_from == "scratch" and not cfg.overwrite and os.path.exists(ckpt_path):
+    if cfg.init_from != "resume" and not cfg.overwrite and os.path.exists(ckpt_path):
         ours = runtime.load_checkpoint(ckpt_path)["kind"] == "pretraining"
         runtime.refuse_overwrite(ckpt_path, "a pretraining checkpoint" if ours else "a fine-tuned checkpoint",
                                  "continue it with --init_from=resume, " if ours else "")
@@ -451,18 +479,27 @@ def main(argv=None):
         f"x grad_accum {grad_accum} x world_size {world_size}")
     device, device_type, ctx, scaler = runtime.setup(cfg.device, cfg.dtype, local_rank)
 
-    # data
-    check_data(cfg.data_dir)
-    train_data, val_data = Corpus(cfg.data_dir, "train"), Corpus(cfg.data_dir, "val")
-    words = word_boundaries() if cfg.whole_word_mask else None
+    # data, and its vocabulary, which is the model's
+    _, vocab = check_data(cfg.data_dir)
+    train_data, val_data = Corpus(cfg.data_dir, "train", vocab), Corpus(cfg.data_dir, "val", vocab)
+    words = vocab.word_boundaries() if cfg.whole_word_mask else None
     P = max_predictions_for(cfg.block_size, cfg.mask_prob)
 
-    # model and optimizer, fresh or from the checkpoint
-    model_config = BertConfig(**ckpt["model_config"]) if ckpt else BertConfig(
-        max_positions=cfg.max_positions, vocab_size=VOCAB_SIZE, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, init_std=cfg.init_std)
+    # model and optimizer: fresh, from the checkpoint, or HuggingFace weights to go on pretraining
     torch.manual_seed(cfg.seed)  # the same initial weights on every process and every run
-    raw_model = BertForPreTraining(model_config).to(device)
+    if ckpt:
+        same_vocabulary(tokenization.for_checkpoint(ckpt, cfg.out_dir), vocab, ckpt_path, cfg.data_dir,
+                        "point data_dir at a folder prepared with its vocabulary (prepare.py --tokenizer=<the "
+                        "tokenizer.json of the data it was trained on>)")
+        raw_model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
+    elif cfg.init_from != "scratch":
+        raw_model, cfg = from_huggingface(cfg, vocab, say)
+    else:
+        raw_model = BertForPreTraining(BertConfig(
+            max_positions=cfg.max_positions, vocab_size=vocab.rows, n_layer=cfg.n_layer, n_head=cfg.n_head,
+            n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, init_std=cfg.init_std))
+    model_config = raw_model.config
+    raw_model.to(device)
     if not cfg.nsp:  # without NSP rows the pooler and NSP head get no gradient, which DDP does not allow: freeze them
         raw_model.bert.pooler.requires_grad_(False)
         raw_model.nsp.requires_grad_(False)
@@ -519,7 +556,7 @@ def main(argv=None):
                     runtime.save_checkpoint(dict(
                         kind="pretraining", model=raw_model.state_dict(), model_config=asdict(model_config),
                         optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), step=step,
-                        best_val_loss=best_val_loss, config=vars(cfg), tokenizer=GPT2Tokenizer.name), ckpt_path)
+                        best_val_loss=best_val_loss, config=vars(cfg), **tokenization.carried(vocab)), ckpt_path)
                     say(f"saved {ckpt_path} at step {step}")
                     log_file = runtime.keep_log(log_file, log_path)
             if step >= stop_at or stopping:

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the shared modules: runtime, model, tokenizer
 import runtime  # noqa: E402
 from model import BertConfig, BertForPreTraining  # noqa: E402
-from tokenizer import N_TEXT, GPT2Tokenizer  # noqa: E402
+import tokenizer as tokenization  # noqa: E402
 from transfer_data import build_data, read_csv, train_file  # noqa: E402
 
 MODES = {"full": "full fine-tuning", "probe": "linear probe", "lpft": "probe, then full fine-tuning"}
@@ -72,10 +72,10 @@ def baselines(out, rows_per_class=0):
     result["bag of words"] = dict(val=best[0], test=best[2], C=best[1])
     result["unigram mlm"] = u = unigram_mlm(*bins)
     with open(baselines_file(out, rows_per_class), "w") as f:
-        json.dump({k: {kk: float(vv) for kk, vv in v.items()} for k, v in result.items()}, f, indent=1)
+        json.dump({k: {kk: vv if isinstance(vv, str) else float(vv) for kk, vv in v.items()} for k, v in result.items()}, f, indent=1)
     print(f"majority class: val {result['majority']['val']:.3f}, test {result['majority']['test']:.3f}")
     print(f"bag of words (TF-IDF 1-2 grams + logistic regression, C={best[1]}): val {best[0]:.3f}, test {best[2]:.3f}")
-    print(f"unigram MLM baseline: always guessing token {u['token']} ({GPT2Tokenizer().enc.decode([u['token']])!r}) "
+    print(f"unigram MLM baseline: always guessing token {u['token']} ({u['text']!r}) "
           f"is right on {u['acc']:.1%} of val.bin's text tokens; train.bin's token frequencies give val.bin a loss "
           f"of {u['loss']:.3f}")
     return result
@@ -85,11 +85,15 @@ def unigram_mlm(train_bin, val_bin):
     """What a model that ignores the context can reach on val.bin's masked tokens: the accuracy of always
     guessing its most frequent text token (train.py masks text tokens uniformly, so that is the token's
     share of the masked positions), and the loss under train.bin's token frequencies."""
+    folder = os.path.dirname(train_bin)
+    with open(os.path.join(folder, "meta.json")) as f:
+        vocab = tokenization.from_data(folder, json.load(f))
     val = np.fromfile(val_bin, dtype=np.uint16)
-    val = val[val < N_TEXT]  # EOT is never masked
+    val = val[vocab.is_text[val]]  # EOT is never masked
     counts = np.bincount(val)
-    freq = np.bincount(np.fromfile(train_bin, dtype=np.uint16), minlength=N_TEXT)[:N_TEXT] + 0.5
-    return dict(acc=counts.max() / len(val), token=int(counts.argmax()), loss=-np.log(freq[val] / freq.sum()).mean())
+    freq = np.where(vocab.is_text, np.bincount(np.fromfile(train_bin, dtype=np.uint16), minlength=vocab.rows) + 0.5, 0)
+    return dict(acc=counts.max() / len(val), token=int(counts.argmax()), text=vocab.decode([int(counts.argmax())]),
+                loss=-np.log(freq[val] / freq.sum()).mean())
 
 
 def baselines_file(out, rows_per_class):
@@ -106,7 +110,8 @@ def random_init(init_from, out_dir):
     model = BertForPreTraining(BertConfig(**ckpt["model_config"]))
     os.makedirs(out_dir, exist_ok=True)
     runtime.save_checkpoint(dict(kind="pretraining", model=model.state_dict(), model_config=ckpt["model_config"],
-                                 step=0, config=ckpt["config"], tokenizer=ckpt["tokenizer"]),
+                                 step=0, config=ckpt["config"], **tokenization.carried(tokenization.for_checkpoint(
+                                     ckpt, init_from))),
                             os.path.join(out_dir, "ckpt.pt"))
     return out_dir
 

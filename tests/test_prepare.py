@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scripts live at the top level, nanoGPT style
 
 import prepare  # noqa: E402
-from tokenizer import CLS, EOT, MASK, PAD, SEP, GPT2Tokenizer  # noqa: E402
+from tokenizer import GPT2Tokenizer  # noqa: E402
+
+EOT, CLS, SEP, MASK, PAD = GPT2Tokenizer.eot, GPT2Tokenizer.cls, GPT2Tokenizer.sep, GPT2Tokenizer.mask, GPT2Tokenizer.pad
 
 OUTPUTS = ["train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "meta.json"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "naïve", "café", "日本語", "🙂", "<|endoftext|>", "[MASK]",

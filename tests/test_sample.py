@@ -76,15 +76,15 @@ def test_mask_takes_the_space_before_it(gpt2, masked, filled, shown):
     ref = gpt2.encode(filled)
     assert len(ids) == len(ref)
     assert all(i == r for i, r in zip(ids, ref) if i != gpt2.mask)
-    assert all(gpt2.is_text(r) for i, r in zip(ids, ref) if i == gpt2.mask)
+    assert all(gpt2.is_text[r] for i, r in zip(ids, ref) if i == gpt2.mask)
 
 
 def test_only_text_tokens_are_guessed(gpt2, ckpt_dir):
     model, tok = sample.load_model(ckpt_dir)
     with torch.no_grad():  # make [MASK], [PAD] and an unused row of the padded vocab the model's favourites
-        model.mlm.bias[[gpt2.mask, gpt2.pad, tokenizer.VOCAB_SIZE - 1]] = 100.0
+        model.mlm.bias[[gpt2.mask, gpt2.pad, gpt2.rows - 1]] = 100.0
     [[(ids, probs)]] = sample.fill_mask(model, tok, sample.encode_texts(tok, ["one [MASK]"], 16), top_k=50)
-    assert all(tok.is_text(i) for i in ids) and len(ids) == 50
+    assert all(tok.is_text[i] for i in ids) and len(ids) == 50
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
 
 

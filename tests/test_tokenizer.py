@@ -9,7 +9,7 @@ import pytest
 import tiktoken
 import tiktoken.registry
 
-from tokenizer import EOT, GPT2Tokenizer
+from tokenizer import GPT2Tokenizer
 
 
 def test_offline_without_the_gpt2_files(tmp_path, monkeypatch):
@@ -37,4 +37,4 @@ def test_offline_without_the_gpt2_files(tmp_path, monkeypatch):
         shutil.copy(os.path.join(cache, name), tmp_path / "mine" / name)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "mine"))
     tok = GPT2Tokenizer()
-    assert tok.encode("hello world") == real.encode("hello world") and tok.enc.eot_token == EOT
+    assert tok.encode("hello world") == real.encode("hello world") and tok.enc.eot_token == GPT2Tokenizer.eot

@@ -16,7 +16,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import runtime  # noqa: E402
 import train  # noqa: E402
 from model import BertForPreTraining, max_predictions_for  # noqa: E402
-from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE  # noqa: E402
+from tokenizer import GPT2Tokenizer  # noqa: E402
+
+VOCAB = GPT2Tokenizer()  # the default vocabulary; a trained one has the same layout (text ids, then the specials)
+EOT, CLS, SEP, MASK, PAD = VOCAB.eot, VOCAB.cls, VOCAB.sep, VOCAB.mask, VOCAB.pad
+N_TEXT, VOCAB_SIZE = VOCAB.eot, VOCAB.rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +92,7 @@ def test_mask_statistics():
     n_pad = rng.integers(0, 40, B)  # rows of every length, with the specials where they go in a pair
     idx[np.arange(T)[None, :] >= T - n_pad[:, None]] = PAD
     idx[:, 0], idx[:, 10], idx[:, 11] = CLS, SEP, EOT
-    inputs, labels = train.mask_tokens(idx, rng, 0.15, P)
+    inputs, labels = train.mask_tokens(idx, rng, 0.15, P, VOCAB)
     chosen = labels != -100
     is_text = idx < N_TEXT
     # exactly round(15%) of each row's text tokens, at least one, never more than the model keeps
@@ -106,14 +110,14 @@ def test_mask_statistics():
     assert abs(kept.sum() / n - 0.1) < 0.01
     assert inputs[chosen][as_random].max() < N_TEXT, "a random replacement was not a text token"
     # dynamic: the same rows masked again are masked differently
-    _, labels2 = train.mask_tokens(idx, rng, 0.15, P)
+    _, labels2 = train.mask_tokens(idx, rng, 0.15, P, VOCAB)
     assert (labels2 != -100).sum() == n and not np.array_equal(labels2 != -100, chosen)
 
 
 def test_mask_rate_is_configurable():
     rng = np.random.default_rng(1)
     idx = rng.integers(0, N_TEXT, (50, 100))
-    _, labels = train.mask_tokens(idx, rng, 0.4, max_predictions_for(100, 0.4))
+    _, labels = train.mask_tokens(idx, rng, 0.4, max_predictions_for(100, 0.4), VOCAB)
     assert np.all((labels != -100).sum(1) == 40)
 
 
@@ -127,7 +131,7 @@ def test_whole_word_masking():
     idx[:, 0], idx[:, 30], idx[:, -1] = CLS, SEP, SEP
     idx[:, 20] = 7
     P = max_predictions_for(T, 0.15)
-    inputs, labels = train.mask_tokens(idx, rng, 0.15, P, (starts, ends_line))
+    inputs, labels = train.mask_tokens(idx, rng, 0.15, P, VOCAB, (starts, ends_line))
     chosen = labels != -100
     is_text = idx < N_TEXT
     prev = np.concatenate([np.full((B, 1), CLS), idx[:, :-1]], 1)
@@ -146,10 +150,8 @@ def test_whole_word_masking():
 
 
 def test_word_boundaries_of_gpt2():
-    pytest.importorskip("tiktoken")
-    from tokenizer import GPT2Tokenizer
-    tok = GPT2Tokenizer()
-    starts, ends_line = train.word_boundaries()
+    tok = VOCAB
+    starts, ends_line = tok.word_boundaries()
     (cat,), (space_cat,), (newline,) = tok.encode("cat"), tok.encode(" cat"), tok.encode("\n")
     assert starts[space_cat] and not starts[cat] and starts[newline] and ends_line[newline]
     assert not starts[CLS] and not starts[PAD] and not starts[EOT]
@@ -165,7 +167,7 @@ def test_nsp_pairs(tmp_path):
     rng = np.random.default_rng(0)
     lengths = [2, 3, 5, 8, 13, 21, 40, 80, 150, 300, 600, 999] * 3  # shorter and longer than a row
     data = write_corpus(tmp_path, coded_docs(lengths), coded_docs([10, 10]))
-    corpus = train.Corpus(data, "train")
+    corpus = train.Corpus(data, "train", VOCAB)
     B, T = 4000, 64
     idx, types, attn, labels = train.nsp_rows(corpus, rng, B, T)
     assert idx.shape == types.shape == attn.shape == (B, T) and labels.shape == (B,)
@@ -197,7 +199,7 @@ def test_nsp_pairs(tmp_path):
 
 def test_packed_rows(tmp_path):
     data = write_corpus(tmp_path, coded_docs([5, 30, 7, 50]), coded_docs([10, 10]))
-    corpus = train.Corpus(data, "train")
+    corpus = train.Corpus(data, "train", VOCAB)
     idx = train.packed_rows(corpus, np.random.default_rng(0), 500, 16)
     stream = np.fromfile(os.path.join(data, "train.bin"), np.uint16).astype(np.int64)
     stream[stream == EOT] = SEP
@@ -210,7 +212,7 @@ def test_packed_rows(tmp_path):
 
 
 def test_batch_is_a_pure_function_of_seed_step_and_shard(counting):
-    corpus = train.Corpus(counting, "train")
+    corpus = train.Corpus(counting, "train", VOCAB)
     P = max_predictions_for(32, 0.15)
 
     def get(seed, step, shard):
@@ -292,7 +294,7 @@ def test_keep_freed_memory():
 def test_overfit_one_batch(counting):
     from model import BertConfig, BertForPreTraining
     torch.manual_seed(0)
-    corpus = train.Corpus(counting, "train")
+    corpus = train.Corpus(counting, "train", VOCAB)
     P = max_predictions_for(32, 0.15)
     batch = train.get_batch(corpus, train.batch_rng(0, "train", 0, 0), 8, 32, True, 0.15, P)
     model = BertForPreTraining(BertConfig(max_positions=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0))

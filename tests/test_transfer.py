@@ -22,7 +22,10 @@ import finetune
 import runtime
 import train
 from model import BertConfig, BertForPreTraining
-from tokenizer import CLS, EOT, MASK, N_TEXT, PAD, SEP, VOCAB_SIZE, GPT2Tokenizer
+from tokenizer import GPT2Tokenizer
+
+EOT, CLS, SEP, MASK, PAD = GPT2Tokenizer.eot, GPT2Tokenizer.cls, GPT2Tokenizer.sep, GPT2Tokenizer.mask, GPT2Tokenizer.pad
+N_TEXT, VOCAB_SIZE = GPT2Tokenizer.eot, 50304
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))  # a folder of scripts, not a package
@@ -190,6 +193,7 @@ def test_unigram_baseline_counts_text_tokens_only(tmp_path):
     """EOT separates documents and is never masked: the baseline guesses among text tokens."""
     np.array([EOT, 5, 5, 7, EOT, EOT, EOT], np.uint16).tofile(tmp_path / "val.bin")
     np.array([5, 7, 7, 7, EOT, N_TEXT - 1], np.uint16).tofile(tmp_path / "train.bin")
+    (tmp_path / "meta.json").write_text('{"tokenizer": "gpt2"}')  # the vocabulary the bins were made with
     u = transfer.unigram_mlm(str(tmp_path / "train.bin"), str(tmp_path / "val.bin"))
     assert u["token"] == 5 and u["acc"] == pytest.approx(2 / 3)
     freq = np.full(N_TEXT, 0.5)
