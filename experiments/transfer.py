@@ -5,8 +5,9 @@ kernel-doc paragraphs by their top-level Documentation/ folder with a few hundre
 from our checkpoint and from a random init, fully fine-tuned and as a linear probe.
 
     python experiments/transfer.py data        # corpus text + task CSVs under data/transfer/ (transfer_data.py)
-    python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins
-    python train.py config/bert_transfer.py    # -> out-transfer/
+    python prepare.py --files "data/transfer/corpus/*.txt" --out_dir data/transfer/bins   # GPT-2's vocabulary
+    python prepare.py --files "data/transfer/corpus/*.txt" --vocab_size=8192 --out_dir data/transfer/bins-8k
+    python train.py config/bert_transfer.py    # -> out-transfer/, on bins-8k
     python experiments/transfer.py baselines   # majority class, bag of words, unigram MLM
     python experiments/transfer.py finetune --init_from=out-transfer   # the runs and the table
     python experiments/transfer.py table --init_from=out-transfer      # the table again, from the runs' results
