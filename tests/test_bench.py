@@ -33,3 +33,17 @@ def test_bench_compare_hf_runs():
 def test_bench_rejects_unknown_setting():
     out = subprocess.run([sys.executable, "bench.py", "--n_layers=1"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0 and "unknown setting 'n_layers'" in out.stderr
+
+
+def test_bench_compares_two_vocabularies(capsys):
+    """--compare_vocab_size times ours with a second embedding table in the same run, which is how the
+    README's vocabulary speed-up is measured; no timing is asserted."""
+    sys.path.insert(0, ROOT)
+    import bench
+    bench.main(["--n_layer=1", "--n_head=2", "--n_embd=32", "--batch_size=2", "--block_size=16", "--warmup=0",
+                "--steps=1", "--vocab_size=1024", "--compare_vocab_size=512", "--device=cpu"])
+    out = capsys.readouterr().out
+    assert "vocab 1024;" in out and re.search(r"nanoBERT, vocab 512 +\d", out)
+    assert re.search(r"vocab 512 against 1024: \d+\.\d\dx the tokens per second", out)
+    with pytest.raises(SystemExit, match="compare_vocab_size must be 0 or at least 128"):
+        bench.main(["--compare_vocab_size=100"])
