@@ -12,7 +12,8 @@ Data comes from prepare.py: a uint16 token stream, document offsets and the voca
 the tokenizer.json beside the bins), which sets the model's vocab_size and special ids; every
 checkpoint carries it. Every batch is built on the fly (sentence pairs, dynamic masking) and is a
 pure function of (seed, step, micro-step, rank), so a resumed run sees exactly the batches the
-uninterrupted run would have seen without saving any data-loader state. Dropout is seeded from the same numbers for each micro-batch, for the same reason.
+uninterrupted run would have seen without saving any data-loader state. Dropout is seeded from the
+same numbers for each micro-batch, for the same reason.
 A resumed run takes its settings from the checkpoint; the command line may change how it runs
 (logging, evaluation, device, batch_size), extend max_steps or move on to longer sequences, never
 the recipe (learning rate, seed, masking, model shape).
@@ -30,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from configurator import read_settings, require
 import tokenizer as tokenization
+from configurator import read_settings, require
 from model import BertConfig, BertForPreTraining, gather_masked, looks_local, max_predictions_for, resolve_checkpoint
 
 # -----------------------------------------------------------------------------
