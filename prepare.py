@@ -12,7 +12,7 @@ Turn a text corpus into the token files that train.py reads.
 Every source goes through HuggingFace `datasets`, is tokenised in parallel processes and streamed to
 disk in bounded memory. The vocabulary is GPT-2's BPE (tiktoken) unless --vocab_size trains a
 byte-level BPE on the training documents, or --tokenizer names one (a tokenizer.json made here, or a
-HuggingFace BERT folder, whose weights train.py --init_from=<folder> then trains on on this corpus).
+HuggingFace BERT folder, whose weights train.py --init_from=<folder> then trains further on this corpus).
 The output folder holds:
 
     train.bin, val.bin            uint16 token stream: doc0 EOT doc1 EOT ... docN EOT
