@@ -92,6 +92,8 @@ def parse_args(argv=None):
         p.error("--val_fraction must be in [0, 1)")
     if args.num_proc < 1:
         p.error("--num_proc must be at least 1")
+    if args.tokenizer == "":
+        p.error("--tokenizer is empty: give a tokenizer.json or a HuggingFace BERT folder, or leave it out for GPT-2's")
     if args.vocab_size and not tokenization.MIN_VOCAB <= args.vocab_size <= tokenization.MAX_VOCAB:
         p.error(f"--vocab_size must be in [{tokenization.MIN_VOCAB:,}, {tokenization.MAX_VOCAB:,}] (the bins hold "
                 f"uint16 ids), got {args.vocab_size:,}")
@@ -492,7 +494,7 @@ def prepare(args):
         elif args.tokenizer:
             tokenization.from_path(args.tokenizer)  # a bad path or a damaged file, before the corpus is read
         else:
-            tokenization._tokenizers("training a vocabulary (--vocab_size)")
+            tokenization.require_tokenizers("training a vocabulary (--vocab_size)")
         os.makedirs(scratch, exist_ok=True)
         dd, source, bad_bytes = load_corpus(args)
         parts = select_splits(dd, args)

@@ -133,6 +133,7 @@ class GPT2Tokenizer(Vocabulary):
         except Exception as e:  # offline, tiktoken cannot download its two GPT-2 files
             raise SystemExit(gpt2_files_problem(e)) from None
         assert self.enc.n_vocab == self.eot + 1 and self.enc.eot_token == self.eot
+        self._text_ids = np.arange(self.eot)  # made once: masking draws from it every batch
 
     def identity(self):
         return self.name
@@ -145,7 +146,7 @@ class GPT2Tokenizer(Vocabulary):
         return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def text_ids(self):
-        return np.arange(self.eot)
+        return self._text_ids
 
     def token_bytes(self, i):
         return self.enc.decode_single_token_bytes(i) if i < self.eot else None
@@ -172,7 +173,7 @@ class GPT2Tokenizer(Vocabulary):
 # -----------------------------------------------------------------------------
 # tokenizer.json: a trained vocabulary, or a HuggingFace one
 
-def _tokenizers(why):
+def require_tokenizers(why):
     try:
         import tokenizers  # optional: GPT-2-only users never need it
     except ImportError:
@@ -187,7 +188,7 @@ class JSONTokenizer(Vocabulary):
     BERT's vocab.txt (export.py writes that back as a vocab.txt)."""
 
     def __init__(self, text, source="tokenizer.json", name="tokenizer.json"):
-        Tokenizer = _tokenizers(f"the tokenizer in {source}").Tokenizer
+        Tokenizer = require_tokenizers(f"the tokenizer in {source}").Tokenizer
         try:
             self.tok = Tokenizer.from_str(text)
             spec = json.loads(text)
@@ -270,7 +271,7 @@ def wordpiece(folder):
             lowercase = json.load(f).get("do_lower_case", lowercase)
     elif "-cased" in os.path.basename(os.path.normpath(folder)):
         lowercase = False
-    BertWordPieceTokenizer = _tokenizers("a HuggingFace BERT checkpoint's vocab.txt").BertWordPieceTokenizer
+    BertWordPieceTokenizer = require_tokenizers("a HuggingFace BERT checkpoint's vocab.txt").BertWordPieceTokenizer
     # BertWordPieceTokenizer is BERT's normalizer, pre-tokenizer and WordPiece model around one Tokenizer
     text = BertWordPieceTokenizer(vocab_file, lowercase=lowercase)._tokenizer.to_str()
     return JSONTokenizer(text, vocab_file, "wordpiece")
@@ -279,7 +280,7 @@ def wordpiece(folder):
 def train_bpe(batches, vocab_size, n_docs=None):
     """A byte-level BPE of vocab_size ids (the five specials last) trained on an iterator of lists of texts,
     streamed: the corpus is never in memory. GPT-2's pre-tokenizer, so words keep their leading space."""
-    t = _tokenizers("training a vocabulary (--vocab_size)")
+    t = require_tokenizers("training a vocabulary (--vocab_size)")
     tok = t.Tokenizer(t.models.BPE(ignore_merges=True))  # a pre-token that is a whole entry is that entry
     tok.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = t.decoders.ByteLevel()

@@ -189,6 +189,9 @@ def test_vocab_size_out_of_range(tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare.parse_args(["--files", "x.txt", "--vocab_size=1024", "--tokenizer=t.json"])  # one or the other
     assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare.parse_args(["--files", "x.txt", "--tokenizer="])  # empty: not silently GPT-2's
+    assert "--tokenizer is empty" in capsys.readouterr().err
 
 
 def test_missing_tokenizers_package(tmp_path, monkeypatch):
